@@ -1,0 +1,70 @@
+"""BUSI (Al-Dhabyani et al. 2020): breast ultrasound, 437 benign / 210 malignant / 133 normal.
+
+Layout: ``Dataset_BUSI_with_GT/{benign,malignant,normal}/<name>.png`` with ``<name>_mask.png`` and, for images
+with several lesions, ``<name>_mask_1.png`` ...; the mask is the union of all of them (mask files may be 1-bit,
+grayscale, RGB or RGBA). Diagnosis = folder name. Normal images (empty masks) are left out unless
+``--include-normal``. Split: seeded 532/55/60 of the 647 benign+malignant images (Table 1); with
+``--include-normal`` the normal images get their own seeded split in the same proportions, so the others keep theirs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sim4seg.data.converters.common import (
+    IMAGE_EXTS,
+    ConvertOptions,
+    ConvertSummary,
+    Item,
+    Reporter,
+    apply_split,
+    find_dir,
+    require,
+    run_converter,
+    seeded_split,
+)
+
+SOURCE, SUBSET = "busi", "BUSI"
+COUNTS = {"train": 532, "val": 55, "test": 60}
+TOTAL = 647  # benign + malignant
+MASK_RE = re.compile(r"^(?P<image>.*)_mask(?:_\d+)?$")
+
+
+def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item], int]:
+    base = root if (root / "benign").is_dir() else require(
+        find_dir(root, "Dataset_BUSI_with_GT"), "Dataset_BUSI_with_GT/", root)
+    classes = ("benign", "malignant", "normal") if opts.include_normal else ("benign", "malignant")
+    items: list[Item] = []
+    missing = []
+    for cls in classes:
+        folder = base / cls
+        if not folder.is_dir():
+            rep.warn(f"class folder {folder} not found (partial download?)")
+            continue
+        images: dict[str, Path] = {}
+        masks: dict[str, list[Path]] = {}
+        for p in sorted(folder.iterdir()):
+            if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS:
+                continue
+            m = MASK_RE.match(p.stem)
+            if m:
+                masks.setdefault(m["image"], []).append(p)
+            else:
+                images[p.stem] = p
+        for stem, img in images.items():
+            if stem not in masks:
+                missing.append(f"{cls}/{stem}_mask.png")
+                continue
+            items.append(Item(name=stem, image=img, diagnosis=[cls], mask_files=masks[stem],
+                              source={"image": f"{cls}/{img.name}", "masks": [f"{cls}/{m.name}" for m in masks[stem]]}))
+    rep.missing_files(missing, "the class folders (an image without its mask)", root, len(items))
+    lesion = [it.name for it in items if it.diagnosis != ["normal"]]
+    normal = [it.name for it in items if it.diagnosis == ["normal"]]
+    assignment = seeded_split(lesion, COUNTS, opts.seed, total=TOTAL, salt=SUBSET)
+    assignment.update(seeded_split(normal, COUNTS, opts.seed, salt=f"{SUBSET}/normal"))
+    return apply_split(items, assignment)
+
+
+def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
+    return run_converter(SOURCE, SUBSET, collect, root, out, opts)

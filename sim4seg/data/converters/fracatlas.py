@@ -1,0 +1,91 @@
+"""FracAtlas (Abedeen et al. 2023): fractured radiographs with COCO polygon masks and official split CSVs.
+
+Layout: ``FracAtlas/images/{Fractured,Non_fractured}/IMG*.jpg``, ``Annotations/COCO JSON/*.json``,
+``dataset.csv``, ``Utilities/Fracture Split/{train,valid,test}.csv``. Only the 717 annotated (fractured) images
+enter M3DS; the split CSVs list exactly them (574/82/61, Table 1).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sim4seg.data.converters.common import (
+    ConvertOptions,
+    ConvertSummary,
+    Item,
+    Reporter,
+    find_dir,
+    read_csv_rows,
+    require,
+    run_converter,
+)
+from sim4seg.errors import UserError
+
+SOURCE, SUBSET = "fracatlas", "FracAtlas"
+SPLIT_CSVS = {"train": "train", "valid": "val", "test": "test"}
+
+
+def _segmentations(ann: dict, where: str) -> list[list[float]]:
+    seg = ann.get("segmentation") or []
+    if isinstance(seg, str):  # some FracAtlas exports store the polygon list as a JSON string
+        try:
+            seg = json.loads(seg)
+        except json.JSONDecodeError:
+            raise UserError(f"{where}: annotation {ann.get('id')}: segmentation is not valid JSON") from None
+    if seg and not isinstance(seg[0], list):
+        seg = [seg]  # a single flat polygon
+    return [[float(v) for v in p] for p in seg]
+
+
+def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item], int]:
+    base = root / "FracAtlas" if (root / "FracAtlas").is_dir() else root
+    coco_dir = require(find_dir(base, "COCO JSON"), "Annotations/COCO JSON/", root)
+    coco_files = sorted(coco_dir.glob("*.json"))
+    if not coco_files:
+        raise UserError(f"no COCO JSON file in {coco_dir}")
+    split_dir = require(find_dir(base, "Fracture Split"), "Utilities/Fracture Split/", root)
+    split_of: dict[str, str] = {}
+    for stem, split in SPLIT_CSVS.items():
+        csv_path = require(split_dir / f"{stem}.csv", f"Utilities/Fracture Split/{stem}.csv", root)
+        for row in read_csv_rows(csv_path)[1:]:
+            split_of[row[0]] = split
+
+    images: dict[str, Path] = {}
+    img_root = base / "images"
+    for p in sorted(img_root.rglob("*")) if img_root.is_dir() else []:
+        if p.is_file():
+            images.setdefault(p.name, p)
+
+    polys: dict[int, list[list[float]]] = {}
+    info: dict[int, dict] = {}
+    for cf in coco_files:
+        d = json.loads(cf.read_text(encoding="utf-8"))
+        for im in d.get("images", []):
+            info[im["id"]] = im
+        for ann in d.get("annotations", []):
+            polys.setdefault(ann["image_id"], []).extend(_segmentations(ann, str(cf)))
+
+    items, missing, unsplit = [], [], []
+    for iid, p in sorted(polys.items()):
+        name = info[iid]["file_name"]
+        if name not in split_of:
+            unsplit.append(name)
+            continue
+        if name not in images:
+            missing.append(name)
+            continue
+        img = images[name]
+        items.append(Item(
+            name=Path(name).stem, image=img, split=split_of[name], diagnosis=["fracture"], polygons=p,
+            source={"image": img.relative_to(base).as_posix(), "annotations": coco_files[0].name,
+                    "coco_image_id": iid, "split_csv": next(k for k, v in SPLIT_CSVS.items()
+                                                            if v == split_of[name]) + ".csv"}))
+    if unsplit:
+        rep.warn(f"{len(unsplit)} annotated image(s) are in no split CSV and are left out, e.g. {unsplit[0]}")
+    rep.missing_files(missing, coco_files[0].name, root, len(items))
+    return items, 0
+
+
+def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
+    return run_converter(SOURCE, SUBSET, collect, root, out, opts)

@@ -1,0 +1,87 @@
+"""Clinical queries, answers in the paper's three formats, and the LLaVA-v1 conversation template.
+
+Queries are chosen per record id (stable across runs and machines); answers are built at training time from
+the record, so one dataset serves the ``seg``, ``diagnosis`` and ``cot`` fine-tuning settings.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from sim4seg.data.vocab import Subset
+
+SEG_TOKEN = "[SEG]"
+IMAGE_TOKEN = "<image>"
+ANSWER_FORMATS = ("seg", "diagnosis", "cot")
+
+# LLaVA-v1 template (what LISA was trained with).
+SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+          "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+
+_LOCATE = (
+    "Could you help me identify the {finding} in the {modality_adj} image?",
+    "Please segment the {finding} in this {organ} {modality} image.",
+    "Where is the {finding} in this {modality} image? Please output the segmentation mask.",
+    "Can you locate the {finding} in the {organ} shown in this {modality} image?",
+    "Identify and segment the {finding} visible in this {modality} image of the {organ}.",
+    "Please find the {finding} in this image and mark it.",
+)
+_ASK = (
+    "Is the {finding} {choices}?",
+    "What is the diagnosis: {choices}?",
+    "Which diagnosis fits best: {choices}?",
+    "Please also tell me whether it is {choices}.",
+    "What is your diagnosis among {choices}?",
+)
+_ASK_SINGLE = (
+    "What is the diagnosis?",
+    "What is your diagnosis?",
+    "What does it show?",
+    "Please also give the diagnosis.",
+    "What finding is this?",
+)
+# LISA's answer phrasings for segmentation-only answers.
+SEG_ANSWERS = (
+    "It is [SEG].",
+    "Sure, [SEG].",
+    "Sure, it is [SEG].",
+    "Sure, the segmentation result is [SEG].",
+    "[SEG].",
+)
+
+_MODALITY_ADJ = {"x-ray": "X-ray", "dermoscopy": "dermoscopic", "endoscopy": "endoscopic",
+                 "ultrasound": "ultrasound", "fundus": "fundus"}
+
+
+def _pick(options: tuple[str, ...], key: str) -> str:
+    return options[zlib.crc32(key.encode()) % len(options)]
+
+
+def join_labels(labels: list[str] | tuple[str, ...], conj: str = "or") -> str:
+    labels = list(labels)
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} {conj} {labels[-1]}"
+
+
+def query_for(subset: Subset, record_id: str) -> str:
+    """A clinical query for a record: where is the finding, and which diagnosis. Deterministic per id."""
+    fields = {"finding": subset.finding, "organ": subset.organ or "body", "modality": subset.modality,
+              "modality_adj": f"{subset.organ} {_MODALITY_ADJ[subset.modality]}".strip(),
+              "choices": join_labels(subset.labels)}
+    ask = _ASK if len(subset.labels) > 1 else _ASK_SINGLE
+    return f"{_pick(_LOCATE, 'q' + record_id)} {_pick(ask, 'a' + record_id)}".format(**fields)
+
+
+def answer_for(fmt: str, record_id: str, diagnosis: list[str], cot: str | None) -> str:
+    """The target answer in one of the three fine-tuning formats; ``None`` when ``cot`` is needed but missing."""
+    if fmt == "seg":
+        return _pick(SEG_ANSWERS, record_id)
+    if fmt == "diagnosis":
+        return f"It is {SEG_TOKEN}. The diagnosis is {join_labels(diagnosis, 'and')}."
+    if fmt == "cot":
+        return None if not cot else f"It is {SEG_TOKEN}. {cot.strip()}"
+    raise ValueError(f"answer format {fmt!r} is not one of {ANSWER_FORMATS}")
+
+
+def prompt_text(query: str) -> str:
+    """Everything before the assistant's answer; ``<image>`` stands for the image tokens."""
+    return f"{SYSTEM} USER: {IMAGE_TOKEN}\n{query} ASSISTANT:"

@@ -1,0 +1,115 @@
+"""Turn (image, query, answer, mask) into model inputs: the CLIP view, SAM's frame, and token ids.
+
+SAM's frame follows segment_anything: resize the longest side to S, normalise, pad bottom/right to S x S.
+The CLIP view is CLIP's processor (resize shortest side + center crop) or, with ``clip_view=pad``, the image
+centred on a square of the mean colour first (LLaVA-1.5). RVLS2M's geometry (rvls2m.to_mask_prompt) relies on
+exactly these two mappings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+from transformers import CLIPImageProcessor, PreTrainedTokenizerBase
+
+from sim4seg.data.prompts import IMAGE_TOKEN, prompt_text
+
+IGNORE = -100
+
+
+@dataclass
+class Processor:
+    tokenizer: PreTrainedTokenizerBase
+    image_processor: CLIPImageProcessor
+    n_image_tokens: int
+    sam_size: int
+    sam_mean: list[float]
+    sam_std: list[float]
+    clip_view: str = "center_crop"
+    max_length: int = 2048
+
+    def clip(self, image: np.ndarray) -> torch.Tensor:
+        """RGB uint8 [H, W, 3] -> CLIP pixel values [3, s, s]"""
+        if self.clip_view == "pad":
+            h, w = image.shape[:2]
+            side = max(h, w)
+            fill = np.array(self.image_processor.image_mean) * 255
+            sq = np.empty((side, side, 3), dtype=np.uint8)
+            sq[:] = fill.round().astype(np.uint8)
+            top, left = (side - h) // 2, (side - w) // 2
+            sq[top:top + h, left:left + w] = image
+            image = sq
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def sam(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """RGB uint8 [H, W, 3] -> normalised, padded [3, S, S] and the resized (h, w) inside it"""
+        resized = ResizeLongestSide(self.sam_size).apply_image(image)
+        h, w = resized.shape[:2]
+        x = torch.from_numpy(resized).permute(2, 0, 1).float()
+        x = (x - torch.tensor(self.sam_mean)[:, None, None]) / torch.tensor(self.sam_std)[:, None, None]
+        return F.pad(x, (0, self.sam_size - w, 0, self.sam_size - h)), (h, w)
+
+    def tokens(self, query: str, answer: str | None = None) -> tuple[list[int], list[int]]:
+        """Token ids of the conversation with ``<image>`` expanded to one id per image token, and labels that
+        train on the answer (and its EOS) only. Without an answer: the prompt for generation."""
+        tok = self.tokenizer
+        before, after = prompt_text(query).split(IMAGE_TOKEN)
+        image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+        ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok(before, add_special_tokens=False)[
+            "input_ids"] + [image_id] * self.n_image_tokens + tok(after, add_special_tokens=False)["input_ids"]
+        labels = [IGNORE] * len(ids)
+        if answer is not None:
+            ans = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            ids, labels = ids + ans, labels + ans
+        if len(ids) > self.max_length:
+            raise ValueError(f"{len(ids)} tokens exceed the context of {self.max_length} (model.max_length); "
+                             "shorten the query/answer")
+        return ids, labels
+
+    def sample(self, image: np.ndarray, query: str, answer: str | None = None, mask: np.ndarray | None = None,
+               sample_id: str = "") -> dict:
+        """One model input. ``mask`` (bool [H, W]) must match the image size."""
+        h, w = image.shape[:2]
+        if mask is not None and mask.shape != (h, w):
+            raise ValueError(f"sample {sample_id!r}: mask is {mask.shape[0]}x{mask.shape[1]} but the image is {h}x{w}")
+        try:
+            ids, labels = self.tokens(query, answer)
+        except ValueError as e:
+            raise ValueError(f"sample {sample_id!r}: {e}") from None
+        sam_image, resize_hw = self.sam(image)
+        out = {"id": sample_id, "input_ids": ids, "labels": labels, "pixel_values": self.clip(image),
+               "sam_images": sam_image, "resize_hw": resize_hw, "orig_hw": (h, w)}
+        if mask is not None:
+            n_seg = ids.count(self.tokenizer.convert_tokens_to_ids("[SEG]"))
+            out["masks"] = torch.from_numpy(mask).float()[None].expand(n_seg, h, w)
+        return out
+
+    def collate(self, samples: list[dict], left_pad: bool = False) -> dict:
+        """Pad token ids (left for generation prompts) and stack images; masks stay a list (sizes differ)."""
+        if not samples:
+            raise ValueError("empty batch: no sample with an image")
+        pad = self.tokenizer.pad_token_id
+        length = max(len(s["input_ids"]) for s in samples)
+        ids = torch.full((len(samples), length), pad, dtype=torch.long)
+        labels = torch.full((len(samples), length), IGNORE, dtype=torch.long)
+        attn = torch.zeros((len(samples), length), dtype=torch.long)
+        for i, s in enumerate(samples):
+            n = len(s["input_ids"])
+            sl = slice(length - n, length) if left_pad else slice(0, n)
+            ids[i, sl] = torch.tensor(s["input_ids"])
+            labels[i, sl] = torch.tensor(s["labels"])
+            attn[i, sl] = 1
+        batch = {"ids": [s["id"] for s in samples], "input_ids": ids, "labels": labels, "attention_mask": attn,
+                 "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+                 "resize_hw": [s["resize_hw"] for s in samples], "orig_hw": [s["orig_hw"] for s in samples]}
+        if all("sam_embeddings" in s for s in samples):
+            batch["sam_embeddings"] = torch.stack([s["sam_embeddings"] for s in samples])
+        else:
+            batch["sam_images"] = torch.stack([s["sam_images"] for s in samples])
+        if all("masks" in s for s in samples):
+            batch["masks"] = [s["masks"] for s in samples]
+        return batch

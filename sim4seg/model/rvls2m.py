@@ -1,0 +1,196 @@
+"""RVLS2M: Region-aware Vision-Language Similarity to Mask (paper Section 3.1, Algorithm 1).
+
+Algorithm 1, step by step, one function per equation::
+
+    sim    = similarity(phi(E_img), phi(E_seg))     # Eq. 4   [B, n]
+    sim    = normalize(sim, "softmax")              # Eq. 5   [B, n]
+    R      = region_scores(sim, grid=g)             # Eq. 6-7 [B, g, g]
+    cells  = select_cells(R, "topk", k=k)           # Eq. 8   bool [B, g, g]
+    prompt = to_mask_prompt(cells, orig_hw)         # SAM's dense mask input [B, 1, 256, 256]
+
+:func:`region_mask` runs the first four; the Sim4Seg module feeds ``to_mask_prompt`` to SAM (Eq. 9).
+:func:`perturb_cells` is the test-time-scaling perturbation g(M_region, theta) of Eq. 12.
+Everything is batched; no Python loop runs over cells or images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+STRATEGIES = ("topk", "ratio", "threshold")
+CLIP_VIEWS = ("center_crop", "pad")
+
+
+@dataclass
+class RVLS2MConfig:
+    """Settings of the module (Hydra group ``rvls2m``); defaults are the paper's best (g=16, k=36)."""
+
+    enabled: bool = True
+    at_inference_only: bool = False  # plug into a model trained without RVLS2M (paper Table 4)
+    grid: int = 16
+    strategy: str = "topk"
+    k: int = 36
+    ratio: float = 0.15
+    threshold: float = 0.5
+    normalize: str = "softmax"
+    project: bool = True  # phi-project image states as the published code does (resolves 4096-vs-256 dims)
+    on: float = 1.0
+    off: float = 0.0
+
+
+def similarity(image_states: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: dot product of every image-token state with the [SEG] state.
+
+    image_states: [B, n, d]; seg: [B, d] -> [B, n]
+    """
+    return torch.einsum("bnd,bd->bn", image_states, seg)
+
+
+def normalize(sim: torch.Tensor, how: str = "softmax") -> torch.Tensor:
+    """Eq. 5: softmax over the n image tokens (paper), or per-row min-max scaling (published code). [B, n]"""
+    sim = sim.float()
+    if how == "softmax":
+        return sim.softmax(dim=-1)
+    if how == "minmax":
+        lo = sim.amin(dim=-1, keepdim=True)
+        hi = sim.amax(dim=-1, keepdim=True)
+        return (sim - lo) / (hi - lo).clamp_min(1e-12)
+    raise ValueError(f"rvls2m.normalize={how!r}: use 'softmax' or 'minmax'")
+
+
+def token_map(sim_norm: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: lay the n scores row-major on an h' x w' map, h' = floor(sqrt n), w' = ceil(n / h').
+
+    Slots past n (when n is not h' * w') are 0. [B, n] -> [B, h', w']
+    """
+    b, n = sim_norm.shape
+    h = math.isqrt(n)
+    w = math.ceil(n / h)
+    return F.pad(sim_norm, (0, h * w - n)).view(b, h, w)
+
+
+def region_scores(sim_norm: torch.Tensor, grid: int = 16) -> torch.Tensor:
+    """Eqs. 6-7: mean score of each of g x g non-overlapping cells of the token map. [B, n] -> [B, g, g]
+
+    When h' and w' are multiples of g, cell (k, l) is the mean of an (h'/g) x (w'/g) block: exactly Eq. 7 for the
+    square token grids of CLIP (h' = w', b = h'/g). Otherwise (e.g. g = 32 or 64 on a 16 x 16 grid, paper Fig. 6)
+    the map is first upsampled bilinearly to the next multiple of g on each side, then block-averaged.
+    """
+    m = token_map(sim_norm)
+    b, h, w = m.shape
+    if h % grid or w % grid:
+        h, w = math.ceil(h / grid) * grid, math.ceil(w / grid) * grid
+        m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    return m.view(b, grid, h // grid, grid, w // grid).mean(dim=(2, 4))
+
+
+def select_cells(scores: torch.Tensor, strategy: str = "topk", k: int = 36, ratio: float = 0.15,
+                 threshold: float = 0.5) -> torch.Tensor:
+    """Eq. 8's tau: which cells form the region mask. [B, g, g] -> bool [B, g, g]
+
+    ``topk``: exactly k cells, ties to the lower flat index; ``ratio``: the top round(ratio * g^2) cells (at
+    least 1); ``threshold``: cells >= t after per-sample min-max scaling.
+    """
+    b, g, _ = scores.shape
+    flat = scores.reshape(b, g * g)
+    if strategy == "threshold":
+        lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+        return ((flat - lo) / (hi - lo).clamp_min(1e-12) >= threshold).view(b, g, g)
+    if strategy == "ratio":
+        k = max(1, round(ratio * g * g))
+    elif strategy != "topk":
+        raise ValueError(f"rvls2m.strategy={strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if not 0 < k <= g * g:
+        raise ValueError(f"rvls2m.k={k} must be in [1, {g * g}] for a {g}x{g} grid")
+    # A stable descending sort keeps equal scores in index order, so ties go to the lower flat index.
+    order = torch.sort(flat, dim=-1, descending=True, stable=True).indices[:, :k]
+    cells = torch.zeros_like(flat, dtype=torch.bool)
+    cells.scatter_(1, order, True)
+    return cells.view(b, g, g)
+
+
+def region_mask(image_states: torch.Tensor, seg: torch.Tensor, cfg: RVLS2MConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1 (after phi): cells ``bool [B, g, g]`` and their scores ``[B, g, g]``.
+
+    image_states: [B, n, d]; seg: [B, d] (both already phi-projected, or both raw).
+    """
+    scores = region_scores(normalize(similarity(image_states, seg), cfg.normalize), cfg.grid)
+    return select_cells(scores, cfg.strategy, cfg.k, cfg.ratio, cfg.threshold), scores
+
+
+def _axis_cells(length: torch.Tensor, view_start: torch.Tensor, view_len: torch.Tensor, scale: torch.Tensor,
+                size: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of ``size`` prompt pixels along one axis: the grid cell its centre falls in, and whether it is
+    inside both the image and the CLIP view. All inputs are [B]; outputs [B, size]."""
+    centre = (torch.arange(size, device=length.device, dtype=torch.float64) + 0.5)[None] / scale[:, None]
+    cell = torch.floor((centre - view_start[:, None]) * grid / view_len[:, None]).long()
+    valid = (centre < length[:, None]) & (cell >= 0) & (cell < grid)
+    return cell.clamp(0, grid - 1), valid
+
+
+def to_mask_prompt(cells: torch.Tensor, orig_hw: Sequence[tuple[int, int]], clip_view: str = "center_crop",
+                   size: int = 256, on: float = 1.0, off: float = 0.0) -> torch.Tensor:
+    """Place each selected cell on the part of SAM's frame that shows the same image region.
+
+    The g x g grid spans the CLIP view of the original image: ``center_crop`` = the central min(H, W) square
+    (CLIP's processor), ``pad`` = the max(H, W) square with the image centred (LLaVA-1.5 padding). SAM's frame is
+    the image resized so its longest side fills ``size`` (SAM's low-res mask input: 256 for ViT-H and LiteMedSAM),
+    padded bottom/right. Pixels outside the image or the view stay ``off``.
+
+    cells: bool [B, g, g]; orig_hw: B pairs (H, W) -> float [B, 1, size, size]
+    """
+    if clip_view not in CLIP_VIEWS:
+        raise ValueError(f"clip_view={clip_view!r}: use one of {', '.join(CLIP_VIEWS)}")
+    b, g, _ = cells.shape
+    if len(orig_hw) != b:
+        raise ValueError(f"to_mask_prompt: {b} cell maps but {len(orig_hw)} image sizes")
+    hw = torch.tensor(orig_hw, dtype=torch.float64, device=cells.device)
+    h, w = hw[:, 0], hw[:, 1]
+    side = torch.minimum(h, w) if clip_view == "center_crop" else torch.maximum(h, w)
+    scale = size / torch.maximum(h, w)
+    rows, rvalid = _axis_cells(h, (h - side) / 2, side, scale, size, g)
+    cols, cvalid = _axis_cells(w, (w - side) / 2, side, scale, size, g)
+    picked = cells[torch.arange(b, device=cells.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    inside = picked & rvalid[:, :, None] & cvalid[:, None, :]
+    out = torch.full((b, 1, size, size), off, dtype=torch.float32, device=cells.device)
+    out[:, 0][inside] = on
+    return out
+
+
+def perturb_cells(cells: torch.Tensor, scores: torch.Tensor, n: int, flip_p: float = 0.05, k_jitter: int = 4,
+                  shift: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Eq. 12's g(M_region, theta_j): n perturbed copies of each region mask for test-time scaling.
+
+    Copy 0 is the unperturbed mask (so n = 1 equals plain inference). Others re-select top-(k + dk) cells with
+    dk uniform in [-k_jitter, k_jitter], shift by up to one cell in each direction (if ``shift``), then flip each
+    cell with probability ``flip_p``. cells, scores: [B, g, g] -> bool [B, n, g, g]
+    """
+    b, g, _ = cells.shape
+    dev = cells.device
+    out = cells[:, None].repeat(1, n, 1, 1)
+    if n == 1:
+        return out
+    m = n - 1
+    k = cells.flatten(1).sum(-1)  # [B]
+    dk = torch.randint(-k_jitter, k_jitter + 1, (b, m), generator=generator).to(dev)
+    kk = (k[:, None] + dk).clamp(1, g * g)  # [B, m]
+    rank = torch.sort(scores.flatten(1), dim=-1, descending=True, stable=True).indices.argsort(-1)  # [B, g*g]
+    sel = rank[:, None, :] < kk[:, :, None]  # [B, m, g*g]
+    sel = sel.view(b, m, g, g)
+    if shift:
+        dy, dx = (torch.randint(-1, 2, (2, b, m), generator=generator).to(dev))
+        yy = (torch.arange(g, device=dev)[None, None, :] - dy[..., None])  # [B, m, g] source rows
+        xx = (torch.arange(g, device=dev)[None, None, :] - dx[..., None])
+        vy, vx = (yy >= 0) & (yy < g), (xx >= 0) & (xx < g)
+        bi = torch.arange(b, device=dev)[:, None, None, None]
+        mi = torch.arange(m, device=dev)[None, :, None, None]
+        sel = sel[bi, mi, yy.clamp(0, g - 1)[..., None], xx.clamp(0, g - 1)[:, :, None, :]]
+        sel = sel & vy[..., None] & vx[:, :, None, :]
+    flips = torch.rand((b, m, g, g), generator=generator).to(dev) < flip_p
+    out[:, 1:] = sel ^ flips
+    return out

@@ -1,0 +1,243 @@
+"""The Sim4Seg module (paper Fig. 2): LLaVA answers, phi projects the [SEG] state, RVLS2M turns the
+similarity of image tokens and [SEG] into a region mask, and SAM decodes the mask (Eqs. 1-9).
+
+Image tokens are expanded inside ``input_ids`` (transformers' LLaVA), so hidden-state positions equal token
+positions: the image states are simply ``hidden[input_ids == image_token_id]``; no offset arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from segment_anything.modeling import Sam
+from torch import nn
+from transformers import LlavaForConditionalGeneration
+
+from sim4seg.model import rvls2m
+from sim4seg.model.losses import LossWeights, mask_losses, total_loss
+from sim4seg.model.rvls2m import RVLS2MConfig
+
+SEG_STATES = ("predicting", "token")
+
+
+def text_hidden_fcs(hidden: int, prompt_dim: int) -> nn.Sequential:
+    """phi, Eq. 2: LISA's projection of the [SEG] state into SAM's prompt space. [.., H] -> [.., P]"""
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, prompt_dim))
+
+
+@dataclass
+class Decoded:
+    """Masks for the [SEG] tokens of one image.
+
+    logits: [s, H, W] at the original resolution; iou: SAM's predicted IoU [s]; cells: region masks
+    bool [s, g, g] (None when RVLS2M is off); scores: the cells' region scores [s, g, g] (or None).
+    """
+
+    logits: torch.Tensor
+    iou: torch.Tensor
+    cells: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+
+
+@dataclass
+class ForwardOutput:
+    losses: dict[str, torch.Tensor]
+    masks: list[Decoded] = field(default_factory=list)  # one per sample
+    n_masks: int = 0
+
+
+class Sim4Seg(nn.Module):
+    def __init__(self, lvlm: LlavaForConditionalGeneration, sam: Sam, seg_token_id: int, image_token_id: int,
+                 rvls2m_cfg: RVLS2MConfig, seg_state: str = "predicting", clip_view: str = "center_crop",
+                 loss_weights: LossWeights | None = None):
+        super().__init__()
+        if seg_state not in SEG_STATES:
+            raise ValueError(f"model.seg_state={seg_state!r}: use one of {', '.join(SEG_STATES)}")
+        self.lvlm = lvlm
+        self.sam = sam
+        hidden = lvlm.config.get_text_config().hidden_size
+        self.text_hidden_fcs = text_hidden_fcs(hidden, sam.prompt_encoder.embed_dim)
+        self.seg_token_id = seg_token_id
+        self.image_token_id = image_token_id
+        self.rvls2m = rvls2m_cfg
+        self.seg_state = seg_state
+        self.clip_view = clip_view
+        self.loss_weights = loss_weights or LossWeights()
+
+    # ---- SAM side -------------------------------------------------------------------------------------------
+    @property
+    def mask_prompt_size(self) -> int:
+        return self.sam.prompt_encoder.mask_input_size[0]
+
+    @torch.no_grad()
+    def encode_images(self, sam_images: torch.Tensor) -> torch.Tensor:
+        """Frozen SAM image encoder (Eq. 3). Normalised, padded images [B, 3, S, S] -> [B, P, E, E]"""
+        return self.sam.image_encoder(sam_images)
+
+    def decode(self, image_embedding: torch.Tensor, seg_embeds: torch.Tensor, cells: torch.Tensor | None,
+               resize_hw: tuple[int, int], orig_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM mask decoder for one image and its s prompts (Eq. 9).
+
+        image_embedding: [P, E, E]; seg_embeds: [s, P]; cells: bool [s, g, g] or None (no dense prompt)
+        -> mask logits [s, H, W] at the original size, predicted IoU [s]
+        """
+        s = seg_embeds.shape[0]
+        if s == 0:  # no [SEG]: no mask, and nothing for the decoder to do
+            z = seg_embeds.new_zeros((0, *orig_hw))
+            return z, seg_embeds.new_zeros((0,))
+        pe = self.sam.prompt_encoder
+        with torch.no_grad():  # the prompt encoder is frozen and the region mask is not differentiable
+            prompt = None
+            if cells is not None:
+                prompt = rvls2m.to_mask_prompt(cells, [orig_hw] * s, self.clip_view, self.mask_prompt_size,
+                                               self.rvls2m.on, self.rvls2m.off).to(seg_embeds.dtype)
+            sparse, dense = pe(points=None, boxes=None, masks=prompt)
+            dense = dense.expand(s, -1, -1, -1)
+            image_pe = pe.get_dense_pe()
+        sparse = torch.cat([sparse.expand(s, -1, -1).to(seg_embeds.dtype), seg_embeds[:, None]], dim=1)
+        low_res, iou = self.sam.mask_decoder(image_embeddings=image_embedding[None].to(seg_embeds.dtype),
+                                             image_pe=image_pe.to(seg_embeds.dtype),
+                                             sparse_prompt_embeddings=sparse,
+                                             dense_prompt_embeddings=dense.to(seg_embeds.dtype),
+                                             multimask_output=False)
+        masks = self.sam.postprocess_masks(low_res, tuple(resize_hw), tuple(orig_hw))
+        return masks[:, 0], iou[:, 0]
+
+    # ---- RVLS2M ------------------------------------------------------------------------------------------
+    def use_rvls2m(self) -> bool:
+        return self.rvls2m.enabled and not (self.rvls2m.at_inference_only and self.training)
+
+    @torch.no_grad()
+    def region_cells(self, image_states: torch.Tensor, seg_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Algorithm 1 for s [SEG] tokens. image_states: [s, n, H]; seg_states: [s, H] -> cells, scores [s, g, g]"""
+        if self.rvls2m.project:
+            image_states, seg_states = self.text_hidden_fcs(image_states), self.text_hidden_fcs(seg_states)
+        return rvls2m.region_mask(image_states.float(), seg_states.float(), self.rvls2m)
+
+    def segment(self, image_embeddings: torch.Tensor, image_states: torch.Tensor, seg_states: torch.Tensor,
+                seg_batch: torch.Tensor, resize_hw: Sequence, orig_hw: Sequence) -> list[Decoded]:
+        """Masks for every [SEG]. image_embeddings: [B, P, E, E]; image_states: [B, n, H];
+        seg_states: [S, H] with seg_batch [S] the image index of each -> one Decoded per image."""
+        seg_embeds = self.text_hidden_fcs(seg_states)
+        cells = scores = None
+        if self.use_rvls2m() and seg_states.shape[0]:
+            cells, scores = self.region_cells(image_states[seg_batch], seg_states)
+        out = []
+        for b in range(image_embeddings.shape[0]):  # SAM's decoder takes one image with its prompts per call
+            sel = (seg_batch == b).nonzero(as_tuple=True)[0]
+            c = None if cells is None else cells[sel]
+            logits, iou = self.decode(image_embeddings[b], seg_embeds[sel], c, resize_hw[b], orig_hw[b])
+            out.append(Decoded(logits, iou, c, None if scores is None else scores[sel]))
+        return out
+
+    # ---- LVLM side ---------------------------------------------------------------------------------------
+    def image_states(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """States of the image tokens. hidden: [B, L, H] -> [B, n, H]"""
+        is_img = input_ids == self.image_token_id
+        n = int(is_img[0].sum())
+        return hidden[is_img].view(hidden.shape[0], n, hidden.shape[-1])
+
+    def seg_positions(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sample index, position of the state that stands for each [SEG]) per ``seg_state``."""
+        b, pos = (input_ids == self.seg_token_id).nonzero(as_tuple=True)
+        return b, pos - 1 if self.seg_state == "predicting" else pos
+
+    def forward(self, batch: dict) -> ForwardOutput:
+        """Teacher-forced pass: LVLM loss, masks for every [SEG] of the input, and the mask losses.
+
+        batch: pixel_values [B, 3, h, w], input_ids / attention_mask / labels [B, L], and either sam_images
+        [B, 3, S, S] or sam_embeddings [B, P, E, E]; resize_hw, orig_hw: B pairs; masks: B tensors [s_b, H, W].
+        """
+        ids = batch["input_ids"]
+        out = self.lvlm(input_ids=ids, pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
+                        labels=batch.get("labels"), output_hidden_states=True)
+        hidden = out.hidden_states[-1]
+        seg_b, seg_pos = self.seg_positions(ids)
+        emb = batch.get("sam_embeddings")
+        if emb is None:
+            emb = self.encode_images(batch["sam_images"])
+        decoded = self.segment(emb, self.image_states(hidden, ids), hidden[seg_b, seg_pos], seg_b,
+                               batch["resize_hw"], batch["orig_hw"])
+        gt = batch.get("masks")
+        txt = out.loss if out.loss is not None else hidden.new_zeros(())
+        if gt is None:
+            zero = hidden.new_zeros(()).float()
+            return ForwardOutput(total_loss(txt, zero, zero, self.loss_weights), decoded, 0)
+        bce, dice, n = mask_losses([d.logits for d in decoded], [g.to(hidden.device) for g in gt])
+        return ForwardOutput(total_loss(txt, bce, dice, self.loss_weights), decoded, n)
+
+    # ---- inference -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0, num_return_sequences: int = 1, eos_token_id: int | None = None,
+                 pad_token_id: int | None = None) -> list[Generation]:
+        """Answer with the KV cache and decode a mask for every generated [SEG].
+
+        batch: prompt-only ``input_ids``/``attention_mask`` (left-padded), ``pixel_values``, ``sam_images`` or
+        ``sam_embeddings``, ``resize_hw``, ``orig_hw``. Returns B * m generations, the m paths of image b at
+        rows b*m .. b*m+m-1. The [SEG] state comes from the generation's own hidden states (``predicting``: the
+        state that produced [SEG]); ``seg_state=token`` needs the state of [SEG] as input, which costs one extra
+        forward pass over the whole sequence.
+        """
+        m = num_return_sequences
+        ids = batch["input_ids"]
+        prompt_len = ids.shape[1]
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        out = self.lvlm.generate(input_ids=ids, attention_mask=batch["attention_mask"],
+                                 pixel_values=batch["pixel_values"], max_new_tokens=max_new_tokens,
+                                 do_sample=do_sample, num_return_sequences=m, output_hidden_states=True,
+                                 output_logits=True, return_dict_in_generate=True, eos_token_id=eos_token_id,
+                                 pad_token_id=pad_token_id, **sampling)
+        gen = out.sequences[:, prompt_len:]  # [B*m, T]
+        prefill = out.hidden_states[0][-1]  # [B*m, L, H]
+        if self.seg_state == "predicting":
+            # Row t of this stack is the last-layer state whose logits chose generated token t.
+            states = torch.cat([prefill[:, -1:]] + [h[-1] for h in out.hidden_states[1:]], dim=1)
+        else:
+            mask = torch.cat([batch["attention_mask"].repeat_interleave(m, 0), (gen != pad_token_id).long()], 1)
+            full = self.lvlm(input_ids=out.sequences, attention_mask=mask,
+                             pixel_values=batch["pixel_values"].repeat_interleave(m, 0), output_hidden_states=True)
+            states = full.hidden_states[-1][:, prompt_len:]
+        ended = _ended(gen, eos_token_id)
+        seg_r, seg_t = ((gen == self.seg_token_id) & ~ended.shifted).nonzero(as_tuple=True)
+        emb = batch.get("sam_embeddings")
+        if emb is None:
+            emb = self.encode_images(batch["sam_images"])
+        rep = lambda xs: [x for x in xs for _ in range(m)]  # noqa: E731  (row order of HF's expansion)
+        decoded = self.segment(emb.repeat_interleave(m, 0), self.image_states(prefill, ids.repeat_interleave(m, 0)),
+                               states[seg_r, seg_t], seg_r, rep(batch["resize_hw"]), rep(batch["orig_hw"]))
+        logp = torch.stack([lg.float().log_softmax(-1) for lg in out.logits], 1).gather(2, gen[..., None])[..., 0]
+        valid = ~ended.shifted
+        mean_logp = (logp * valid).sum(1) / valid.sum(1).clamp_min(1)
+        return [Generation(tokens=gen[r][valid[r]].tolist(), decoded=decoded[r], n_seg=int((seg_r == r).sum()),
+                           mean_logprob=float(mean_logp[r]), truncated=not bool(ended.any_eos[r]))
+                for r in range(gen.shape[0])]
+
+
+@dataclass
+class Generation:
+    """One generated answer: its tokens (up to and including EOS), masks of its [SEG] tokens, the mean token
+    log-probability (for tie-breaking votes) and whether ``max_new_tokens`` cut it."""
+
+    tokens: list[int]
+    decoded: Decoded
+    n_seg: int
+    mean_logprob: float
+    truncated: bool
+
+
+@dataclass
+class _Ended:
+    shifted: torch.Tensor  # [R, T] True strictly after the first EOS (padding)
+    any_eos: torch.Tensor  # [R]
+
+
+def _ended(gen: torch.Tensor, eos: int | None) -> _Ended:
+    if eos is None:
+        z = torch.zeros_like(gen, dtype=torch.bool)
+        return _Ended(z, z[:, 0])
+    is_eos = gen == eos
+    after = (is_eos.cumsum(1) - is_eos.long()) > 0
+    return _Ended(after, is_eos.any(1))
