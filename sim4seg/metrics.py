@@ -59,7 +59,7 @@ from sim4seg.data.vocab import Subset
 SEG_SCORE_KEYS = ("gIoU", "cIoU", "Dice")
 DIAGNOSIS_FORMATS = ("auto", "cot", "diagnosis")
 NEGATORS = frozenset({"no", "not", "without", "non", "nor", "neither"})
-NEGATION_WINDOW = 3
+NEGATION_WINDOW = 4
 _CARRY_WORDS = frozenset({"or", "nor"})
 
 # ----------------------------------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def _match(words: list[str], clauses: list[int], vocabulary: Subset) -> list[Lab
         negated = any(words[j] in NEGATORS and clauses[j] == clauses[s] for j in range(lo, s))
         if not negated and prev is not None and prev.negated:
             gap = range(prev.end, s)
-            negated = (False and all(words[j] in _CARRY_WORDS for j in gap)
+            negated = (len(gap) > 0 and all(words[j] in _CARRY_WORDS for j in gap)
                        and clauses[prev.start] == clauses[s])
         out.append(LabelMatch(label, s, e, negated))
     return out

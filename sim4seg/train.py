@@ -25,6 +25,7 @@ from sim4seg.data.dataset import M3DSDataset, ResumableSampler, collate
 from sim4seg.errors import UserError
 from sim4seg.metrics import SegmentationMeter, mask_counts
 from sim4seg.model.builder import build_model
+from sim4seg.model.checkpoint import TRAINABLE, save_trainable
 from sim4seg.model.embedding_cache import EmbeddingCache
 from sim4seg.runtime import (device, init_distributed, rng_state, seed_everything, set_rng_state, strip_launcher_args,
                              user_errors)
@@ -256,6 +257,12 @@ def train(cfg: DictConfig) -> dict:
         break
     bar.close()
     checkpoint()
+    if cfg.deepspeed.zero_stage == 3:  # parameters are partitioned: gather them for the export
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+            if rank == 0:
+                save_trainable(engine.module, out / TRAINABLE)
+    elif rank == 0:
+        save_trainable(engine.module, out / TRAINABLE)
     final = {"step": step, "skipped": skipped}
     if val_loader is not None:
         final.update(validate(engine, val_loader, dev, dtype, cache, t.eval_max_samples))

@@ -84,8 +84,9 @@ class Processor:
         out = {"id": sample_id, "input_ids": ids, "labels": labels, "pixel_values": self.clip(image),
                "sam_images": sam_image, "resize_hw": resize_hw, "orig_hw": (h, w)}
         if mask is not None:
-            n_seg = ids.count(self.tokenizer.convert_tokens_to_ids("[SEG]"))
-            out["masks"] = torch.from_numpy(mask).float()[None].expand(n_seg, h, w)
+            # One target per [SEG] of the answer; a prompt without answer keeps the mask once, for scoring.
+            n = ids.count(self.tokenizer.convert_tokens_to_ids("[SEG]")) if answer is not None else 1
+            out["masks"] = torch.from_numpy(mask).float()[None].expand(n, h, w)
         return out
 
     def collate(self, samples: list[dict], left_pad: bool = False) -> dict:

@@ -31,12 +31,13 @@ def text_hidden_fcs(hidden: int, prompt_dim: int) -> nn.Sequential:
 class Decoded:
     """Masks for the [SEG] tokens of one image.
 
-    logits: [s, H, W] at the original resolution; iou: SAM's predicted IoU [s]; cells: region masks
+    logits: [s, H, W] at the original resolution; iou: SAM's predicted IoU [s]; embeds: phi([SEG]) [s, P]; cells: region masks
     bool [s, g, g] (None when RVLS2M is off); scores: the cells' region scores [s, g, g] (or None).
     """
 
     logits: torch.Tensor
     iou: torch.Tensor
+    embeds: torch.Tensor  # phi([SEG] states) [s, P], to decode more candidates (test-time scaling)
     cells: torch.Tensor | None = None
     scores: torch.Tensor | None = None
 
@@ -129,7 +130,7 @@ class Sim4Seg(nn.Module):
             sel = (seg_batch == b).nonzero(as_tuple=True)[0]
             c = None if cells is None else cells[sel]
             logits, iou = self.decode(image_embeddings[b], seg_embeds[sel], c, resize_hw[b], orig_hw[b])
-            out.append(Decoded(logits, iou, c, None if scores is None else scores[sel]))
+            out.append(Decoded(logits, iou, seg_embeds[sel], c, None if scores is None else scores[sel]))
         return out
 
     # ---- LVLM side ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -484,7 +485,9 @@ def polygons_to_mask(polygons: list[list[float]], hw: tuple[int, int]) -> np.nda
     if not polys:
         return np.zeros((h, w), bool)
     rles = coco_mask.frPyObjects(polys, h, w)
-    return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
+    with warnings.catch_warnings():  # pycocotools' decode trips a NumPy 2 DeprecationWarning (copy=False)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
 
 
 def boxes_to_mask(boxes: list[tuple[float, float, float, float]], hw: tuple[int, int]) -> np.ndarray:
@@ -502,6 +505,9 @@ def boxes_to_mask(boxes: list[tuple[float, float, float, float]], hw: tuple[int,
 
 def build_mask(item: Item, hw: tuple[int, int]) -> np.ndarray:
     h, w = hw
+    coords = [v for p in item.polygons for v in p] + [v for b in item.boxes for v in b]
+    if coords and not np.isfinite(np.asarray(coords, float)).all():
+        raise ConversionProblem(f"{item.image}: its annotation has a non-finite coordinate (NaN or inf)")
     mask = np.zeros((h, w), bool)
     for f in item.mask_files:
         mask |= read_given_mask(f, hw)

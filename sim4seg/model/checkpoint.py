@@ -1,0 +1,65 @@
+"""Saving and loading trained weights, and rebuilding a trained model from its run directory.
+
+A run directory (``train.output_dir``) holds ``config.yaml`` (the resolved training config) and
+``trainable.safetensors`` (every parameter that training changed: LoRA, lm_head, embed_tokens, phi, mask
+decoder). The frozen rest is rebuilt from the config: pretrained paths, or the seeded random init of the tiny
+and demo presets. Only safetensors are read here: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from sim4seg.data.transforms import Processor
+from sim4seg.errors import UserError
+from sim4seg.model.builder import build_model
+from sim4seg.model.sim4seg import Sim4Seg
+
+TRAINABLE = "trainable.safetensors"
+
+
+def trainable_state(model: Sim4Seg) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable(model: Sim4Seg, path: str | Path) -> None:
+    tmp = Path(str(path) + ".tmp")
+    # embed_tokens and lm_head may share storage (tied weights); safetensors needs separate tensors.
+    save_file({k: v.clone() for k, v in trainable_state(model).items()}, str(tmp))
+    tmp.replace(path)
+
+
+def load_trainable(model: Sim4Seg, path: str | Path) -> None:
+    """Load weights saved by :func:`save_trainable`; any missing or unexpected key is an error naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} not found; ckpt must be a finished run directory (train.output_dir)")
+    state = load_file(str(path))
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise UserError(f"{path} does not match the model config: missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]} ({len(missing)} missing, {len(unexpected)} unexpected)")
+    for name, t in state.items():
+        if params[name].shape != t.shape:
+            raise UserError(f"{path}: {name} has shape {tuple(t.shape)}, the model config gives "
+                            f"{tuple(params[name].shape)}")
+        with torch.no_grad():
+            params[name].copy_(t)
+
+
+def load_run(ckpt: str | Path, rvls2m: DictConfig | None = None) -> tuple[Sim4Seg, Processor, DictConfig]:
+    """Rebuild the model of a run directory with its trained weights. ``rvls2m`` overrides the trained setting
+    (e.g. RVLS2M at inference only, paper Table 4)."""
+    ckpt = Path(ckpt)
+    if not (ckpt / "config.yaml").exists():
+        raise UserError(f"ckpt={ckpt}: no config.yaml there; pass a run directory written by sim4seg.train")
+    cfg = OmegaConf.load(ckpt / "config.yaml")
+    model, proc = build_model(cfg.model, rvls2m if rvls2m is not None else cfg.rvls2m, cfg.loss)
+    load_trainable(model, ckpt / TRAINABLE)
+    return model, proc, cfg
