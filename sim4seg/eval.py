@@ -27,6 +27,7 @@ from sim4seg.data.vocab import load_vocabulary
 from sim4seg.errors import UserError
 from sim4seg.metrics import SegmentationMeter, diagnosis_correct, extract_labels
 from sim4seg.model.checkpoint import load_run
+from sim4seg.model.embedding_cache import EmbeddingCache
 from sim4seg.model.rvls2m import perturb_cells
 from sim4seg.report import overlay_png, write_reports
 from sim4seg.runtime import device, init_distributed, strip_launcher_args, user_errors
@@ -83,7 +84,6 @@ def generate_rows(model, proc, batch: dict, cfg: DictConfig, vocab: dict, fmt: s
     ms, ns = as_list(t.m), as_list(t.n)
     m, n = max(ms), max(ns)
     tok = proc.tokenizer
-    batch["sam_embeddings"] = model.encode_images(batch.pop("sam_images"))
     gens = model.generate(batch, max_new_tokens=cfg.max_new_tokens, do_sample=m > 1, temperature=t.temperature,
                           top_p=t.top_p, num_return_sequences=m, eos_token_id=tok.eos_token_id,
                           pad_token_id=tok.pad_token_id)
@@ -187,7 +187,8 @@ def evaluate(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model, proc, train_cfg = load_run(cfg.ckpt, cfg.get("rvls2m"))
     model.to(dev).eval()
-    fmt = train_cfg.data.answer_format
+    # How the diagnosis span is found follows the trained answer format ("seg" answers carry none: auto).
+    fmt = train_cfg.data.answer_format if train_cfg.data.answer_format in ("cot", "diagnosis") else "auto"
     d = cfg.data
     ds = M3DSDataset(d.root, cfg.split, proc, fmt, d.on_error, d.max_pixels, with_answer=cfg.mode == "teacher",
                      include_subsets=d.include_subsets, exclude_subsets=d.exclude_subsets,
@@ -203,6 +204,7 @@ def evaluate(cfg: DictConfig) -> dict:
         todo = todo[: max(0, cfg.max_samples - len(done))]
     loader = DataLoader(Subset(ds, todo), batch_size=cfg.batch_size, num_workers=d.num_workers,
                         collate_fn=functools.partial(collate, proc, left_pad=cfg.mode == "generate"))
+    cache = EmbeddingCache(cfg.cache_dir, model.sam.image_encoder) if cfg.cache_dir else None
     shown = {s: len(list((out / "overlays").glob(f"{s}_*.png"))) for s in vocab}
     bar = tqdm(total=len(todo), desc=f"eval[{cfg.mode}]", disable=rank != 0 or not cfg.progress)
     meter = SegmentationMeter()
@@ -211,6 +213,9 @@ def evaluate(cfg: DictConfig) -> dict:
             rows = [{"id": e["id"], "subset": None, "error": e["error"]} for e in batch["errors"]]
             if "input_ids" in batch:
                 batch = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                # SAM image embeddings once per image (shared by all TTS candidates), from the cache if enabled.
+                sam_images = batch.pop("sam_images")
+                batch["sam_embeddings"] = cache(sam_images) if cache else model.encode_images(sam_images)
                 if cfg.mode == "teacher":
                     new = teacher_rows(model, batch)
                     rows += new

@@ -39,7 +39,7 @@ Diagnosis accuracy (our rule; the paper does not publish its own)
 4. Negation. A matched label does not count as stated when one of ``no, not, without, non, nor, neither``
    is among the 3 words before it, in the same clause, and after the previous matched label ("not
    malignant but benign" states benign). A negation carries to the next label when only "or"/"nor"
-   stand between them ("no effusion or nodule" negates both).
+   stand between them, commas allowed ("no effusion, or nodule" negates both).
 5. Correct iff the set of stated labels equals the set of target labels: every target is stated and no
    other label of the subset is (hedging "benign or malignant" is wrong; no diagnosis at all is wrong).
 """
@@ -59,7 +59,7 @@ from sim4seg.data.vocab import Subset
 SEG_SCORE_KEYS = ("gIoU", "cIoU", "Dice")
 DIAGNOSIS_FORMATS = ("auto", "cot", "diagnosis")
 NEGATORS = frozenset({"no", "not", "without", "non", "nor", "neither"})
-NEGATION_WINDOW = 4
+NEGATION_WINDOW = 3
 _CARRY_WORDS = frozenset({"or", "nor"})
 
 # ----------------------------------------------------------------------------------------------------------
@@ -106,8 +106,10 @@ def _torch_row(pred: Any, gt: Any) -> Any:
     """Same as :func:`_numpy_row` as an int64 tensor on the prediction's device (no host sync here)."""
     torch = _torch()
     device = pred.device if isinstance(pred, torch.Tensor) else gt.device
-    p = torch.as_tensor(pred, device=device)
-    g = torch.as_tensor(gt, device=device)
+    # ascontiguousarray: torch cannot wrap numpy views with negative strides (e.g. from np.flip).
+    p = pred if isinstance(pred, torch.Tensor) else np.ascontiguousarray(pred)
+    g = gt if isinstance(gt, torch.Tensor) else np.ascontiguousarray(gt)
+    p, g = torch.as_tensor(p, device=device), torch.as_tensor(g, device=device)
     zero = torch.zeros((), dtype=torch.int64, device=device)
     bad = zero
     for bit, m in ((1, p), (2, g)):
@@ -130,7 +132,7 @@ def mask_counts(preds: Sequence[Any], gts: Sequence[Any]) -> np.ndarray:
         raise ValueError(f"got {len(preds)} predicted masks but {len(gts)} ground-truth masks")
     rows: list[Any] = [None] * len(preds)
     on_device: dict[Any, list[int]] = {}
-    for i, (pred, gt) in enumerate(zip(preds, gts)):
+    for i, (pred, gt) in enumerate(zip(preds, gts, strict=True)):
         ps, gs = _shape(pred), _shape(gt)
         if ps != gs:
             raise ValueError(f"mask pair {i}: prediction has shape {ps} but ground truth has shape {gs}")
@@ -344,8 +346,7 @@ def _match(words: list[str], clauses: list[int], vocabulary: Subset) -> list[Lab
         negated = any(words[j] in NEGATORS and clauses[j] == clauses[s] for j in range(lo, s))
         if not negated and prev is not None and prev.negated:
             gap = range(prev.end, s)
-            negated = (len(gap) > 0 and all(words[j] in _CARRY_WORDS for j in gap)
-                       and clauses[prev.start] == clauses[s])
+            negated = len(gap) > 0 and all(words[j] in _CARRY_WORDS for j in gap)
         out.append(LabelMatch(label, s, e, negated))
     return out
 

@@ -137,6 +137,8 @@ def test_batched_tensor_and_mixed_numpy_torch_pairs() -> None:
     inter, union = segmentation_counts(pred, gt)
     assert (inter.tolist(), union.tolist()) == ([1, 0], [2, 1])
     assert segmentation_counts([pred[0], gt[1]], [gt[0], pred[1]])[1].tolist() == [2, 1]
+    # a flipped numpy view (negative strides) paired with a tensor
+    assert segmentation_counts([np.flip(gt[0], axis=1)], [pred[0]])[0].tolist() == [0]
 
 
 def test_meter_accumulates_streams_and_merges() -> None:
@@ -193,10 +195,10 @@ def mask_pairs(draw: st.DrawFn) -> tuple[list[np.ndarray], list[np.ndarray]]:
 def reference(preds: list[np.ndarray], gts: list[np.ndarray]) -> tuple[list[int], list[int], dict[str, float]]:
     """Pixel by pixel in plain Python."""
     inters, unions, ious, dices = [], [], [], []
-    for p, g in zip(preds, gts):
+    for p, g in zip(preds, gts, strict=True):
         pl, gl = p.ravel().tolist(), g.ravel().tolist()
-        i = sum(1 for a, b in zip(pl, gl) if a and b)
-        u = sum(1 for a, b in zip(pl, gl) if a or b)
+        i = sum(1 for a, b in zip(pl, gl, strict=True) if a and b)
+        u = sum(1 for a, b in zip(pl, gl, strict=True) if a or b)
         size_p, size_g = sum(1 for a in pl if a), sum(1 for b in gl if b)
         inters.append(i)
         unions.append(u)
@@ -253,7 +255,7 @@ def test_meter_from_counts_equals_scores_from_masks(pair: tuple[list[np.ndarray]
         return
     _, _, ref_scores = reference(preds, gts)
     meter = SegmentationMeter()
-    for p, g in zip(preds, gts):  # streamed one mask at a time, counts only
+    for p, g in zip(preds, gts, strict=True):  # streamed one mask at a time, counts only
         (i,), (u,) = segmentation_counts([p], [g])
         meter.add(int(i), int(u), int(p.sum()), int(g.sum()))
     assert meter.result() == segmentation_scores(preds, gts)
@@ -373,11 +375,19 @@ def test_extract_labels_sorted_unique_and_negations_visible() -> None:
         ("nodule", False), ("effusion", False), ("nodule", False), ("fracture", True)]
 
 
+def test_phrases_do_not_match_across_clause_punctuation() -> None:
+    cxd = M3DS_SUBSETS["ChestX-Det"]
+    assert extract_labels("The opacity is diffuse, nodule.", cxd) == ["nodule"]
+    assert extract_labels("The opacity is diffuse nodule.", cxd) == ["diffuse nodule"]
+    assert extract_labels("No effusion, or nodule; mass.", cxd) == ["mass"]  # negation carries over "or"
+
+
 def test_negation_window_is_three_words() -> None:
     frac = M3DS_SUBSETS["FracAtlas"]
     assert extract_labels("There is no sign of fracture.", frac) == []
     assert extract_labels("There is no sign of any fracture.", frac) == ["fracture"]  # "no" is 4 words back
-    assert extract_labels("No, there is a fracture.", frac) == ["fracture"]  # the comma ends the negation
+    assert extract_labels("No, a fracture.", frac) == ["fracture"]  # the comma ends the negation
+    assert extract_labels("No, it is benign.", M3DS_SUBSETS["BUSI"]) == ["benign"]
 
 
 def test_diagnosis_span_rules() -> None:
@@ -386,6 +396,7 @@ def test_diagnosis_span_rules() -> None:
     assert diagnosis_span("It is [SEG]. Finally, benign.", "diagnosis") == "finally benign"
     assert diagnosis_span("First sentence. Second one!  ", "auto") == "second one"
     assert diagnosis_span("No marker here", "cot") == "no marker here"
+    assert diagnosis_span("Finally, it is [SEG] benign.", "cot") == "it is benign"  # [SEG] is not a word
     with pytest.raises(ValueError, match="answer format 'seg'"):
         diagnosis_span("It is [SEG].", "seg")
 

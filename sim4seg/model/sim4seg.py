@@ -67,6 +67,14 @@ class Sim4Seg(nn.Module):
         self.clip_view = clip_view
         self.loss_weights = loss_weights or LossWeights()
 
+    def train(self, mode: bool = True) -> Sim4Seg:
+        """Frozen parts stay in eval mode while training (LiteMedSAM's encoder has BatchNorm: batch statistics
+        would change its output and its running statistics)."""
+        super().train(mode)
+        for frozen in (self.sam.image_encoder, self.sam.prompt_encoder):
+            frozen.eval()
+        return self
+
     # ---- SAM side -------------------------------------------------------------------------------------------
     @property
     def mask_prompt_size(self) -> int:
