@@ -31,6 +31,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from sim4seg.model.export import export
+
+    print(f"exported to {export(args.ckpt, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sim4seg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the mask PNG, overlay PNG and JSON")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="merge LoRA and write a self-contained model directory")
+    p.add_argument("--ckpt", required=True, help="a run directory written by sim4seg.train")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

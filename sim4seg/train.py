@@ -154,7 +154,10 @@ def train(cfg: DictConfig) -> dict:
     sampler = ResumableSampler([r.subset for r in train_set.records], t.seed, rank, world, cfg.data.subset_weights)
     loader_kw = {"batch_size": t.micro_batch, "num_workers": cfg.data.num_workers,
                  "collate_fn": functools.partial(collate, proc), "pin_memory": dev.type == "cuda",
-                 "persistent_workers": False}
+                 "persistent_workers": False,
+                 # Its own generator: creating an iterator must not draw from the global RNG, or a run resumed
+                 # mid-epoch would see other dropout masks than the uninterrupted run.
+                 "generator": torch.Generator().manual_seed(t.seed)}
     loader = DataLoader(train_set, sampler=sampler, **loader_kw)
     val_loader = None
     if t.eval_every:
@@ -189,8 +192,10 @@ def train(cfg: DictConfig) -> dict:
                                dir=cfg.wandb.dir or str(out), config=OmegaConf.to_container(cfg, resolve=True),
                                resume="allow", id=cfg.wandb.name or None)
     log_path = out / "metrics.jsonl"
-    if rank == 0 and step == 0 and log_path.exists():
-        log_path.unlink()
+    if rank == 0 and log_path.exists():  # keep exactly the records up to the step we continue from
+        kept = [x for x in log_path.read_text().splitlines() if x and json.loads(x)["step"] <= step
+                and not json.loads(x).get("final")] if step else []
+        log_path.write_text("".join(k + "\n" for k in kept))
 
     def log(record: dict) -> None:
         if rank == 0:

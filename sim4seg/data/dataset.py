@@ -78,6 +78,12 @@ class M3DSDataset(Dataset):
                             "check data.root and the split/subset settings")
         self.processor, self.answer_format, self.on_error = processor, answer_format, on_error
         self.max_pixels, self.with_answer = max_pixels, with_answer
+        if on_error == "raise":  # stop before the first step, not in the middle of an epoch
+            for rec in self.records:
+                try:
+                    self.load(rec)
+                except RecordError as e:
+                    raise UserError(str(e)) from None
 
     def __len__(self) -> int:
         return len(self.records)

@@ -31,6 +31,8 @@ class Processor:
     sam_std: list[float]
     clip_view: str = "center_crop"
     max_length: int = 2048
+    image_start: str | None = None  # tokens around the image tokens, e.g. LISA's <im_start> ... <im_end>
+    image_end: str | None = None
 
     def clip(self, image: np.ndarray) -> torch.Tensor:
         """RGB uint8 [H, W, 3] -> CLIP pixel values [3, s, s]"""
@@ -59,8 +61,11 @@ class Processor:
         tok = self.tokenizer
         before, after = prompt_text(query).split(IMAGE_TOKEN)
         image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+        image = [image_id] * self.n_image_tokens
+        if self.image_start:
+            image = [tok.convert_tokens_to_ids(self.image_start), *image, tok.convert_tokens_to_ids(self.image_end)]
         ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok(before, add_special_tokens=False)[
-            "input_ids"] + [image_id] * self.n_image_tokens + tok(after, add_special_tokens=False)["input_ids"]
+            "input_ids"] + image + tok(after, add_special_tokens=False)["input_ids"]
         labels = [IGNORE] * len(ids)
         if answer is not None:
             ans = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

@@ -37,7 +37,8 @@ def build_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
                                             trust_remote_code=bool(cfg.get("trust_remote_code", False)))
         if tok.pad_token is None:
             tok.pad_token = tok.unk_token
-        missing = [t for t in (IMAGE_TOKEN, SEG_TOKEN) if t not in tok.get_vocab()]
+        wanted = [IMAGE_TOKEN, SEG_TOKEN] + [t for t in (cfg.get("image_start"), cfg.get("image_end")) if t]
+        missing = [t for t in wanted if t not in tok.get_vocab()]
         if missing:
             tok.add_special_tokens({"additional_special_tokens": missing})
     return tok
@@ -111,7 +112,8 @@ def build_model(cfg: DictConfig, rvls2m_cfg: DictConfig | None = None,
     n_image = lvlm.config.image_seq_length if cfg.lvlm.kind == "random" else _image_tokens(lvlm)
     proc = Processor(tok, build_image_processor(cfg), n_image_tokens=n_image, sam_size=sam.image_encoder.img_size,
                      sam_mean=sam.pixel_mean.flatten().tolist(), sam_std=sam.pixel_std.flatten().tolist(),
-                     clip_view=cfg.clip_view, max_length=cfg.get("max_length", 2048))
+                     clip_view=cfg.clip_view, max_length=cfg.get("max_length", 2048),
+                     image_start=cfg.get("image_start"), image_end=cfg.get("image_end"))
     return model, proc
 
 

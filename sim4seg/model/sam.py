@@ -72,7 +72,10 @@ SAM_BUILDERS: dict[str, Callable] = {
 def build_sam(cfg) -> Sam:
     if cfg.kind not in SAM_BUILDERS:
         raise UserError(f"model.sam.kind={cfg.kind!r} is unknown; choose one of {', '.join(SAM_BUILDERS)}")
-    return SAM_BUILDERS[cfg.kind](cfg)
+    sam = SAM_BUILDERS[cfg.kind](cfg)
+    if cfg.kind == "tiny" and cfg.get("checkpoint"):  # an exported tiny model carries its SAM weights
+        sam.load_state_dict(_load_state(cfg.checkpoint, "model.sam.checkpoint"))
+    return sam
 
 
 def _require(path: str | None, setting: str, origin: str) -> Path:
