@@ -63,6 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="a run directory written by sim4seg.train")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
+
+    def cmd_convert_lisa(args: argparse.Namespace) -> int:
+        from sim4seg.model.convert import cmd_convert_lisa
+
+        return cmd_convert_lisa(args)
+
+    p = sub.add_parser("convert-lisa", help="turn a LISA release (LISA-7B-v1, LISA-13B-llama2-v1, or a Sim4Seg "
+                       "release in LISA's format) into a model directory for eval/predict")
+    p.add_argument("--src", required=True, help="the release folder (config.json, tokenizer, *.bin or *.safetensors)")
+    p.add_argument("--clip", required=True, help="a local clip-vit-large-patch14 folder (weights + preprocessor)")
+    p.add_argument("--out", required=True, help="the new model directory (must not exist or be empty)")
+    p.add_argument("--name", default=None, help="model name in the model card (default: the --src folder name)")
+    p.add_argument("--sam-variant", default="auto", choices=["auto", "vit_h", "vit_l", "vit_b"],
+                   help="SAM variant; auto: from the image encoder's width and depth")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weight dtype; auto: keep the release's")
+    p.set_defaults(func=cmd_convert_lisa)
     return parser
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 

@@ -7,7 +7,7 @@ import functools
 import os
 import random
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

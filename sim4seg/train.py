@@ -25,10 +25,17 @@ from sim4seg.data.dataset import M3DSDataset, ResumableSampler, collate
 from sim4seg.errors import UserError
 from sim4seg.metrics import SegmentationMeter, mask_counts
 from sim4seg.model.builder import build_model
-from sim4seg.model.checkpoint import TRAINABLE, save_trainable
+from sim4seg.model.checkpoint import TRAINABLE, load_init, save_trainable
 from sim4seg.model.embedding_cache import EmbeddingCache
-from sim4seg.runtime import (device, init_distributed, rng_state, seed_everything, set_rng_state, strip_launcher_args,
-                             user_errors)
+from sim4seg.runtime import (
+    device,
+    init_distributed,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    strip_launcher_args,
+    user_errors,
+)
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 LATEST = "latest"
@@ -150,6 +157,8 @@ def train(cfg: DictConfig) -> dict:
     dtype = torch.bfloat16 if cfg.deepspeed.bf16 and torch.cuda.is_available() else torch.float32
 
     model, proc = build_model(cfg.model, cfg.rvls2m, cfg.loss)
+    if cfg.model.get("init_from"):
+        load_init(model, cfg.model.init_from)
     train_set = dataset(cfg, cfg.data.train_split, proc)
     sampler = ResumableSampler([r.subset for r in train_set.records], t.seed, rank, world, cfg.data.subset_weights)
     loader_kw = {"batch_size": t.micro_batch, "num_workers": cfg.data.num_workers,

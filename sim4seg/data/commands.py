@@ -44,6 +44,44 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dir", type=Path, metavar="DIR")
     p.set_defaults(func=cmd_stats)
 
+    p = data_subparsers.add_parser(
+        "cot", help="fill the records' CoT with a medical assistant + critic loop (paper Sec. 2.2)",
+        description="For each record without a CoT, the assistant writes 'Firstly, ... Secondly, ... Finally, the "
+                    "diagnosis is X.' from the image, question and known diagnosis; a rule gate and the critic "
+                    "accept or reject it, rejections are fed back, and after --max-rounds the record is left for "
+                    "human review (`sim4seg data review`). Results are saved after every batch; rerunning resumes. "
+                    "SPEC: hf:/path/to/local/llava-dir or openai:http://host:port/v1#model-name "
+                    "(API key from OPENAI_API_KEY).")
+    p.add_argument("--data", required=True, type=Path, help="the dataset folder (records.jsonl is updated in place)")
+    p.add_argument("--assistant", required=True, metavar="SPEC", help="the medical assistant backend")
+    p.add_argument("--critic", required=True, metavar="SPEC", help="the critic backend (may equal --assistant)")
+    p.add_argument("--max-rounds", required=True, type=int, metavar="R", help="attempts per record before review")
+    p.add_argument("--batch-size", type=int, default=8, help="records per batch (default 8)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="process at most N records")
+    p.add_argument("--overwrite", action="store_true", help="regenerate records that already have a CoT")
+    p.add_argument("--retry-review", action="store_true",
+                   help="retry records left for human review by an earlier run (default: skip them)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="generation length (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
+    p.add_argument("--timeout", type=float, default=120.0, help="openai: seconds per request (default 120)")
+    p.add_argument("--device", default="auto", help="hf: torch device (default: cuda if available, else cpu)")
+    p.add_argument("--trust-remote-code", action="store_true", help="hf: allow the model folder's own code")
+    p.set_defaults(func=cmd_cot)
+
+    p = data_subparsers.add_parser("review", help="human review of generated CoTs: export HTML+CSV, import CSV")
+    rsub = p.add_subparsers(dest="review_command", required=True)
+    q = rsub.add_parser("export", help="write an HTML page and a CSV to fill in per batch of records")
+    q.add_argument("--data", required=True, type=Path)
+    q.add_argument("--out", required=True, type=Path, help="folder for batch_NNN.html / batch_NNN.csv")
+    q.add_argument("--status", default="needs_review", choices=("needs_review", "all"),
+                   help="needs_review (default): records the critic loop gave up on; all: every record with a CoT")
+    q.add_argument("--batch-size", type=int, default=50, help="records per page (default 50)")
+    q.set_defaults(func=cmd_review_export)
+    q = rsub.add_parser("import", help="apply the accept/edit/reject decisions of filled-in CSVs")
+    q.add_argument("--data", required=True, type=Path)
+    q.add_argument("--csv", required=True, type=Path, nargs="+", metavar="FILE", help="CSV file(s) from export")
+    q.set_defaults(func=cmd_review_import)
+
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from sim4seg.data.converters import CONVERTERS, ConvertOptions
@@ -71,3 +109,32 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     print(format_stats(dataset_stats(args.dir)))
     return 0
+
+
+def cmd_cot(args: argparse.Namespace) -> int:
+    from sim4seg.data.cot import generate_cots
+
+    options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "timeout": args.timeout,
+               "device": args.device, "trust_remote_code": args.trust_remote_code}
+    summary = generate_cots(args.data, args.assistant, args.critic, args.max_rounds, batch_size=args.batch_size,
+                            limit=args.limit, overwrite=args.overwrite, retry_review=args.retry_review,
+                            backend_options=options)
+    print(summary.line())
+    if summary.needs_review:
+        print(f"review them with: sim4seg data review export --data {args.data} --out REVIEW_DIR")
+    return 0
+
+
+def cmd_review_export(args: argparse.Namespace) -> int:
+    from sim4seg.data.review import export_review
+
+    export_review(args.data, args.out, args.status, args.batch_size)
+    return 0
+
+
+def cmd_review_import(args: argparse.Namespace) -> int:
+    from sim4seg.data.review import import_review
+
+    summary = import_review(args.data, args.csv)
+    print(summary.line())
+    return 1 if summary.bad else 0

@@ -433,11 +433,11 @@ def _one_line(text: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str, errors: str = "strict") -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder, fsync, then ``os.replace``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8", errors=errors) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -472,7 +472,12 @@ class RecordsFile:
             raise UserError(f"{self.path} not found: a dataset folder needs records.jsonl "
                             "(build one with `sim4seg data synth` or `sim4seg data convert`)")
         self._stamp = _stamp(self.path)
-        self.lines = self.path.read_text(encoding="utf-8").splitlines()
+        # split on "\n" only (str.splitlines would also split inside strings holding U+2028 and the like);
+        # surrogateescape keeps undecodable bytes as they are
+        text = self.path.read_text(encoding="utf-8", errors="surrogateescape")
+        self.lines = text.split("\n")
+        if self.lines and self.lines[-1] == "":
+            self.lines.pop()
         self.records: list[tuple[int, Record]] = []
         self.errors: list[RecordError] = []
         self.by_id: dict[str, int] = {}  # id -> index into self.records (first occurrence)
@@ -510,7 +515,7 @@ class RecordsFile:
         if _stamp(self.path) != self._stamp:
             raise UserError(f"{self.path} was changed by another program while this one ran; nothing was "
                             "overwritten: rerun to resume")
-        atomic_write(self.path, "".join(line + "\n" for line in self.lines))
+        atomic_write(self.path, "".join(line + "\n" for line in self.lines), errors="surrogateescape")
         self._stamp = _stamp(self.path)
         self.dirty = False
 
@@ -522,7 +527,7 @@ class CotState:
         self.path = Path(root) / STATE
         self.entries: dict[str, dict] = {}
         if self.path.exists():
-            for i, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            for i, line in enumerate(self.path.read_text(encoding="utf-8", errors="replace").split("\n"), 1):
                 if not line.strip():
                     continue
                 try:
@@ -535,6 +540,10 @@ class CotState:
         return self.entries.get(rid)
 
     def put(self, entry: dict) -> None:
+        """Store ``entry`` for its id; human decisions of the previous entry are carried over."""
+        old = self.entries.get(entry["id"])
+        if old is not None and old is not entry and old.get("human") and "human" not in entry:
+            entry["human"] = old["human"]
         entry["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.entries[entry["id"]] = entry
 
@@ -625,7 +634,7 @@ def generate_cots(data: str | Path, assistant: Backend | str, critic: Backend | 
         summary.failed += 1
 
     def fail(rec: Record, reason: str) -> None:
-        print(f"failed: record {rec.id!r}: {reason}", file=sys.stderr)
+        tqdm.write(f"failed: record {rec.id!r}: {reason}", file=sys.stderr)
         state.put({"id": rec.id, "status": "failed", "reason": reason, "rounds": 0, "attempts": [], **specs})
         summary.failed += 1
         summary.ids["failed"].append(rec.id)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from sim4seg.data.vocab import MODALITIES, SPLITS, Subset
 from sim4seg.errors import UserError

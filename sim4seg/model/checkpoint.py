@@ -53,6 +53,27 @@ def load_trainable(model: Sim4Seg, path: str | Path) -> None:
             params[name].copy_(t)
 
 
+def load_init(model: Sim4Seg, directory: str | Path) -> int:
+    """Start training from a released or exported model (``model.init_from``): its trained weights (phi, mask
+    decoder, lm_head, ...) are kept, not re-initialised (LISA's script re-initialised phi and the decoder).
+    Fresh LoRA adapters are the only trainable parameters allowed to be missing. Returns the number loaded."""
+    path = Path(directory) / TRAINABLE
+    if not path.exists():
+        raise UserError(f"model.init_from={directory}: {TRAINABLE} not found there; pass a run, export or "
+                        "convert-lisa directory")
+    state = load_file(str(path))
+    params = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(params))
+    missing = sorted(n for n, p in params.items() if p.requires_grad and n not in state and "lora_" not in n)
+    if unknown or missing:
+        raise UserError(f"model.init_from={directory} does not match the model config: unexpected {unknown[:3]}, "
+                        f"missing {missing[:3]}")
+    with torch.no_grad():
+        for name, t in state.items():
+            params[name].copy_(t)
+    return len(state)
+
+
 def load_run(ckpt: str | Path, rvls2m: DictConfig | None = None) -> tuple[Sim4Seg, Processor, DictConfig]:
     """Rebuild the model of a run directory with its trained weights. ``rvls2m`` overrides the trained setting
     (e.g. RVLS2M at inference only, paper Table 4)."""

@@ -16,8 +16,8 @@ Everything is batched; no Python loop runs over cells or images.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -7,8 +7,8 @@ positions: the image states are simply ``hidden[input_ids == image_token_id]``; 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from segment_anything.modeling import Sam
