@@ -190,7 +190,7 @@ def evaluate(cfg: DictConfig) -> dict:
     # How the diagnosis span is found follows the trained answer format ("seg" answers carry none: auto).
     fmt = train_cfg.data.answer_format if train_cfg.data.answer_format in ("cot", "diagnosis") else "auto"
     d = cfg.data
-    ds = M3DSDataset(d.root, cfg.split, proc, fmt, d.on_error, d.max_pixels, with_answer=cfg.mode == "teacher",
+    ds = M3DSDataset(d.root, cfg.split, proc, train_cfg.data.answer_format, d.on_error, d.max_pixels, with_answer=cfg.mode == "teacher",
                      include_subsets=d.include_subsets, exclude_subsets=d.exclude_subsets,
                      include_modalities=d.include_modalities, exclude_modalities=d.exclude_modalities)
     vocab = load_vocabulary(d.root)

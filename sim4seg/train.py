@@ -175,7 +175,7 @@ def train(cfg: DictConfig) -> dict:
 
     micro_per_epoch = len(sampler) // t.micro_batch
     steps_per_epoch = max(1, micro_per_epoch // t.grad_accum)
-    total_steps = min(t.max_steps or 10**12, steps_per_epoch * t.epochs)
+    total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
     params = [p for p in model.parameters() if p.requires_grad]
     # A client AdamW keeps DeepSpeed from JIT-building fused_adam on CPU; fused kernels on GPU.
     opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,

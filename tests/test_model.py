@@ -189,19 +189,22 @@ def test_sample_without_seg_next_to_one_with_seg(tiny, make_batch):
     model, proc = tiny
     batch = make_batch(2, answers=["It is [SEG].", "There is nothing to segment here."])
     assert batch["masks"][1].shape[0] == 0
-    with configured(model, training=True):
-        torch.manual_seed(0)
-        out = model(batch)
-        assert out.n_masks == 1
-        assert out.masks[0].logits.shape == (1, *batch["orig_hw"][0])
-        assert out.masks[1].logits.shape == (0, *batch["orig_hw"][1])
-        for k, v in out.losses.items():
-            assert torch.isfinite(v), k
-        bce = bce_loss(out.masks[0].logits, batch["masks"][0])  # averaged over the one real mask only
-        torch.testing.assert_close(out.losses["bce"], bce)
-        torch.testing.assert_close(out.losses["dice"], dice_loss(out.masks[0].logits, batch["masks"][0]))
-        out.losses["total"].backward()
-    model.zero_grad(set_to_none=True)
+    try:
+        with configured(model, training=True):
+            torch.manual_seed(0)
+            out = model(batch)
+            assert out.n_masks == 1
+            assert out.masks[0].logits.shape == (1, *batch["orig_hw"][0])
+            assert out.masks[1].logits.shape == (0, *batch["orig_hw"][1])
+            for k, v in out.losses.items():
+                assert torch.isfinite(v), k
+            bce = bce_loss(out.masks[0].logits, batch["masks"][0])  # averaged over the one real mask only
+            torch.testing.assert_close(out.losses["bce"], bce)
+            torch.testing.assert_close(out.losses["dice"], dice_loss(out.masks[0].logits, batch["masks"][0]))
+            out.losses["total"].backward()  # the empty sample does not break backward either
+            assert next(model.text_hidden_fcs.parameters()).grad is not None
+    finally:
+        model.zero_grad(set_to_none=True)  # the session model must not carry gradients into other tests
 
 
 def test_batch_without_any_seg(tiny, make_batch):

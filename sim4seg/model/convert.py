@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -36,8 +37,15 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
 from segment_anything import sam_model_registry
-from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig,
-                          LlavaConfig, LlavaForConditionalGeneration)
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
 
 from sim4seg.data.prompts import IMAGE_TOKEN, SEG_TOKEN, SYSTEM
 from sim4seg.errors import UserError
@@ -82,6 +90,19 @@ def convert_lisa(src: str | Path, clip: str | Path, out: str | Path, name: str |
     """
     src, clip, out = Path(src).resolve(), Path(clip).resolve(), Path(out).resolve()
     _check_dirs(src, clip, out)
+    existed = out.exists()
+    try:
+        return _convert(src, clip, out, name, sam, dtype, shard_bytes)
+    except BaseException:  # leave no half-written model behind (out was absent or empty)
+        if out.exists():
+            shutil.rmtree(out)
+            if existed:
+                out.mkdir()
+        raise
+
+
+def _convert(src: Path, clip: Path, out: Path, name: str | None, sam: str | Mapping, dtype: str,
+             shard_bytes: int) -> Path:
     lisa = _read_json(src / "config.json")
     weights = _Weights(src)
     weights.check_known()
@@ -160,7 +181,6 @@ def convert_lisa(src: str | Path, clip: str | Path, out: str | Path, name: str |
 
     # ---- config.yaml, then rebuild as load_run does, check, and write the trained weights -------------------
     m = cfg.model
-    m.name = name or src.name
     m.dtype = _dtype_name(dtype)
     m.lvlm.path = str(lvlm_dir)
     m.image_start, m.image_end = (IM_START, IM_END) if use_start_end else (None, None)
@@ -415,7 +435,7 @@ def _llava_config(lisa: dict, vision: CLIPVisionConfig, tok, image_id: int, rows
                        **{k: lisa[k] for k in need + names if lisa.get(k) is not None})
     conf = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id,
                        image_seq_length=(vision.image_size // vision.patch_size) ** 2, projector_hidden_act="linear",
-                       vision_feature_layer=-1,
+                       vision_feature_layer=int(lisa.get("mm_vision_select_layer", -2)),
                        vision_feature_select_strategy=SELECT_FEATURE[feature], multimodal_projector_bias=True,
                        tie_word_embeddings=False, pad_token_id=tok.pad_token_id)
     conf.architectures = ["LlavaForConditionalGeneration"]
@@ -554,8 +574,8 @@ def _model_card(out: Path, cfg: DictConfig, tok, image_id: int, added_rows: int,
         f"- Prompt: LLaVA-v1 template (system: \"{SYSTEM}\"), image tokens wrapped in "
         f"`{m.image_start}` ... `{m.image_end}`; {n_image} image tokens from CLIP at "
         f"{crop.get('height')} px, center crop (CLIP image processor), layer -2 without CLS.\n"
-        f"- Tokens: {ids}; `{IMAGE_TOKEN}`={image_id} ({'added, ' if added_rows else ''}"
-        f"{added_rows} embedding row(s) added, initialised to the mean row).\n"
+        f"- Tokens: {ids}; `{IMAGE_TOKEN}`={image_id}"
+        f"{f' (added: {added_rows} new embedding row(s), set to the mean row)' if added_rows else ''}.\n"
         f"- Segmentation: phi (`text_hidden_fcs`) on the last-layer state that predicted `[SEG]` "
         f"(seg_state={m.seg_state}), SAM `{sam_kind}` mask decoder with no dense prompt (RVLS2M off).\n"
         "- LoRA: none (merged into the release); answer format `seg`.\n")
