@@ -1,9 +1,9 @@
 # Sourced by scripts/*.sh: make .venv with everything installed. Idempotent: a stamp of pyproject.toml's hash
-# skips pip when nothing changed. Usage: source scripts/setup_env.sh [dev]
+# skips pip when nothing changed. Usage: [SIM4SEG_EXTRA=dev] source scripts/setup_env.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-EXTRA="${1:-}"
+EXTRA="${SIM4SEG_EXTRA:-}"  # "dev" adds the test tools
 STAMP="$VENV/.sim4seg-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-12)${EXTRA:+-$EXTRA}"
 if [ ! -f "$STAMP" ]; then
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

@@ -51,6 +51,14 @@ def read_rows(paths: list[Path]) -> list[dict]:
     return rows
 
 
+def drop_partial_line(path: Path) -> None:
+    """A kill mid-write can leave a last line without its newline: cut it, so that sample is redone cleanly."""
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 def append_rows(path: Path, rows: list[dict]) -> None:
     with open(path, "a") as f:
         for r in rows:
@@ -198,6 +206,7 @@ def evaluate(cfg: DictConfig) -> dict:
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     shard = out / ("samples.jsonl" if world == 1 else f"samples.rank{rank}.jsonl")
     all_files = [out / "samples.jsonl", *out.glob("samples.rank*.jsonl")]
+    drop_partial_line(shard)
     done = {r["id"] for r in read_rows(all_files)}
     todo = [i for i in range(len(ds)) if i % world == rank and ds.records[i].id not in done]
     if cfg.max_samples:

@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+# The CPUs are shared with other test runs: OpenMP worker threads that spin while another process holds the
+# core make small-tensor training ~20x slower under load. One intra-op thread keeps the timings stable.
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "model" / "tiny.yaml"
 

@@ -115,6 +115,10 @@ def build_model(cfg: DictConfig, rvls2m_cfg: DictConfig | None = None,
     lw = LossWeights(**OmegaConf.to_container(loss_cfg)) if loss_cfg is not None else LossWeights()
     model = Sim4Seg(lvlm, sam, tok.convert_tokens_to_ids(SEG_TOKEN), tok.convert_tokens_to_ids(IMAGE_TOKEN), rv,
                     seg_state=cfg.seg_state, clip_view=cfg.clip_view, loss_weights=lw)
+    # phi and SAM's decoder run in the model dtype; the tiny frozen prompt encoder stays fp32 (its random
+    # positional encoding is not bf16-safe) and its outputs are cast for the decoder.
+    model.text_hidden_fcs.to(DTYPES[cfg.get("dtype", "float32")])
+    sam.prompt_encoder.float()
     apply_trainable(model, cfg)
     n_image = lvlm.config.image_seq_length if cfg.lvlm.kind == "random" else _image_tokens(lvlm)
     proc = Processor(tok, build_image_processor(cfg), n_image_tokens=n_image, sam_size=sam.image_encoder.img_size,

@@ -61,8 +61,9 @@ def load_init(model: Sim4Seg, directory: str | Path) -> int:
     if not path.exists():
         raise UserError(f"model.init_from={directory}: {TRAINABLE} not found there; pass a run, export or "
                         "convert-lisa directory")
-    state = load_file(str(path))
-    params = dict(model.named_parameters())
+    state = {_plain(k): v for k, v in load_file(str(path)).items()}
+    # peft wraps the LVLM (lvlm.base_model.model.*): compare names without the wrapper, whichever side has it.
+    params = {_plain(n): p for n, p in model.named_parameters()}
     unknown = sorted(set(state) - set(params))
     missing = sorted(n for n, p in params.items() if p.requires_grad and n not in state and "lora_" not in n)
     if unknown or missing:
@@ -72,6 +73,10 @@ def load_init(model: Sim4Seg, directory: str | Path) -> int:
         for name, t in state.items():
             params[name].copy_(t)
     return len(state)
+
+
+def _plain(name: str) -> str:
+    return name.replace("lvlm.base_model.model.", "lvlm.", 1)
 
 
 def load_run(ckpt: str | Path, rvls2m: DictConfig | None = None) -> tuple[Sim4Seg, Processor, DictConfig]:

@@ -83,7 +83,7 @@ class Sim4Seg(nn.Module):
     @torch.no_grad()
     def encode_images(self, sam_images: torch.Tensor) -> torch.Tensor:
         """Frozen SAM image encoder (Eq. 3). Normalised, padded images [B, 3, S, S] -> [B, P, E, E]"""
-        return self.sam.image_encoder(sam_images)
+        return self.sam.image_encoder(sam_images.to(self.sam.mask_decoder.iou_token.weight.dtype))
 
     def decode(self, image_embedding: torch.Tensor, seg_embeds: torch.Tensor, cells: torch.Tensor | None,
                resize_hw: tuple[int, int], orig_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +101,7 @@ class Sim4Seg(nn.Module):
             prompt = None
             if cells is not None:
                 prompt = rvls2m.to_mask_prompt(cells, [orig_hw] * s, self.clip_view, self.mask_prompt_size,
-                                               self.rvls2m.on, self.rvls2m.off).to(seg_embeds.dtype)
+                                               self.rvls2m.on, self.rvls2m.off)
             sparse, dense = pe(points=None, boxes=None, masks=prompt)
             dense = dense.expand(s, -1, -1, -1)
             image_pe = pe.get_dense_pe()
@@ -181,12 +181,13 @@ class Sim4Seg(nn.Module):
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
                  top_p: float = 1.0, num_return_sequences: int = 1, eos_token_id: int | None = None,
-                 pad_token_id: int | None = None) -> list[Generation]:
+                 pad_token_id: int | None = None, **generate_kwargs) -> list[Generation]:
         """Answer with the KV cache and decode a mask for every generated [SEG].
 
         batch: prompt-only ``input_ids``/``attention_mask`` (left-padded), ``pixel_values``, ``sam_images`` or
         ``sam_embeddings``, ``resize_hw``, ``orig_hw``. Returns B * m generations, the m paths of image b at
-        rows b*m .. b*m+m-1. The [SEG] state comes from the generation's own hidden states (``predicting``: the
+        rows b*m .. b*m+m-1. ``generate_kwargs`` go to transformers' ``generate`` (e.g. ``logits_processor``,
+        ``bad_words_ids``). The [SEG] state comes from the generation's own hidden states (``predicting``: the
         state that produced [SEG]); ``seg_state=token`` needs the state of [SEG] as input, which costs one extra
         forward pass over the whole sequence.
         """
@@ -198,7 +199,7 @@ class Sim4Seg(nn.Module):
                                  pixel_values=batch["pixel_values"], max_new_tokens=max_new_tokens,
                                  do_sample=do_sample, num_return_sequences=m, output_hidden_states=True,
                                  output_logits=True, return_dict_in_generate=True, eos_token_id=eos_token_id,
-                                 pad_token_id=pad_token_id, **sampling)
+                                 pad_token_id=pad_token_id, **sampling, **generate_kwargs)
         gen = out.sequences[:, prompt_len:]  # [B*m, T]
         prefill = out.hidden_states[0][-1]  # [B*m, L, H]
         if self.seg_state == "predicting":
