@@ -208,6 +208,9 @@ def evaluate(cfg: DictConfig) -> dict:
     all_files = [out / "samples.jsonl", *out.glob("samples.rank*.jsonl")]
     drop_partial_line(shard)
     done = {r["id"] for r in read_rows(all_files)}
+    if rank == 0:  # records.jsonl lines that cannot be used at all become error rows too (id = file:line)
+        append_rows(shard, [{"id": p.split(": ", 1)[0], "subset": None, "error": p} for p in ds.problems
+                            if p.split(": ", 1)[0] not in done])
     todo = [i for i in range(len(ds)) if i % world == rank and ds.records[i].id not in done]
     if cfg.max_samples:
         todo = todo[: max(0, cfg.max_samples - len(done))]

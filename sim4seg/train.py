@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -128,9 +129,9 @@ def validate(engine, loader: DataLoader, dev, dtype, cache: EmbeddingCache | Non
     model.eval()
     meter, seen = SegmentationMeter(), 0
     for batch in loader:
-        if not batch.get("input_ids") is not None or seen >= max_samples:
-            if seen >= max_samples:
-                break
+        if seen >= max_samples:
+            break
+        if "input_ids" not in batch:  # only bad records in this batch
             continue
         batch = to_device(batch, dev, dtype)
         if cache is not None:
@@ -160,6 +161,9 @@ def train(cfg: DictConfig) -> dict:
     if cfg.model.get("init_from"):
         load_init(model, cfg.model.init_from)
     train_set = dataset(cfg, cfg.data.train_split, proc)
+    if rank == 0:
+        for problem in train_set.problems:  # records.jsonl lines that cannot be used at all
+            print(f"skipped {problem}")
     sampler = ResumableSampler([r.subset for r in train_set.records], t.seed, rank, world, cfg.data.subset_weights)
     loader_kw = {"batch_size": t.micro_batch, "num_workers": cfg.data.num_workers,
                  "collate_fn": functools.partial(collate, proc), "pin_memory": dev.type == "cuda",
@@ -173,7 +177,7 @@ def train(cfg: DictConfig) -> dict:
         val_set = dataset(cfg, cfg.data.val_split, proc)
         val_loader = DataLoader(val_set, shuffle=False, **loader_kw)
 
-    micro_per_epoch = len(sampler) // t.micro_batch
+    micro_per_epoch = math.ceil(len(sampler) / t.micro_batch)
     steps_per_epoch = max(1, micro_per_epoch // t.grad_accum)
     total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, steps_per_epoch * t.epochs)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -219,6 +223,15 @@ def train(cfg: DictConfig) -> dict:
         save_checkpoint(engine, ckpt_dir, step, {"step": step, "epoch": epoch, "micro_done": micro_done,
                                                  "rng": rngs}, t.keep_checkpoints, rank)
 
+    def end_of_epoch() -> None:
+        nonlocal epoch, micro_done
+        if skipped or train_set.problems:
+            if rank == 0:
+                tqdm.write(f"epoch {epoch}: {len(train_set.problems)} record(s) unusable in records.jsonl, "
+                           f"{skipped} sample(s) failed to load so far; all skipped")
+            log({"step": step, "epoch_end": epoch, "skipped": skipped, "skipped_records": len(train_set.problems)})
+        epoch, micro_done = epoch + 1, 0
+
     engine.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=rank != 0 or not t.progress)
     sums, n_acc, skipped, tic, samples = {}, 0, 0, time.time(), 0
@@ -251,7 +264,8 @@ def train(cfg: DictConfig) -> dict:
                 rec = {"step": step, "epoch": epoch, "loss": sums["total"] / n_acc, "loss_txt": sums["txt"] / n_acc,
                        "loss_bce": sums["bce"] / n_acc, "loss_dice": sums["dice"] / n_acc,
                        "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
-                       "samples_per_s": samples / max(elapsed, 1e-9), "skipped": skipped}
+                       "samples_per_s": samples / max(elapsed, 1e-9), "skipped": skipped,
+                       "skipped_records": len(train_set.problems)}
                 if dev.type == "cuda":
                     rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
                 log(rec)
@@ -264,10 +278,10 @@ def train(cfg: DictConfig) -> dict:
             if step >= total_steps:
                 break
         else:
-            epoch, micro_done = epoch + 1, 0
-            if rank == 0 and skipped:
-                tqdm.write(f"epoch {epoch}: {skipped} bad record(s) skipped so far")
+            end_of_epoch()
             continue
+        if micro_done == micro_per_epoch:  # the last step was also the epoch's last micro-batch
+            end_of_epoch()
         break
     bar.close()
     checkpoint()
@@ -277,7 +291,7 @@ def train(cfg: DictConfig) -> dict:
                 save_trainable(engine.module, out / TRAINABLE)
     elif rank == 0:
         save_trainable(engine.module, out / TRAINABLE)
-    final = {"step": step, "skipped": skipped}
+    final = {"step": step, "skipped": skipped, "skipped_records": len(train_set.problems)}
     if val_loader is not None:
         final.update(validate(engine, val_loader, dev, dtype, cache, t.eval_max_samples))
     log({**final, "final": True})
