@@ -81,6 +81,10 @@ def test_clip_view_shows_the_region_rvls2m_assumes(sample, view):
     expect = np.zeros((s, s), bool)
     yi, xi = np.clip(ys.astype(int), 0, h - 1), np.clip(xs.astype(int), 0, w - 1)
     expect[inside] = mask[yi[:, None].repeat(s, 1)[inside], xi[None].repeat(s, 0)[inside]]
-    got = px > (px.max() + px.min()) / 2 if px.max() > px.min() else np.zeros_like(expect)
-    if expect.sum() >= 12:  # enough of the box is visible to compare shapes
-        assert iou(got, expect) > 0.6
+    proc = processor(view).image_processor
+    # Above the grey padding (the CLIP mean colour) and below white: bicubic blur does not cross it.
+    got = px > (200 / 255 - proc.image_mean[0]) / proc.image_std[0]
+    if expect.sum() >= 30:  # enough of the box is visible to compare (bicubic resizing blurs its edges)
+        c_got, c_want = (np.argwhere(m).mean(0) for m in (got, expect))
+        assert np.abs(c_got - c_want).max() <= 1.5  # same place in the view, within ~1 of its pixels
+        assert iou(got, expect) > 0.5
