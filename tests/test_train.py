@@ -87,7 +87,8 @@ def test_output_dir_of_another_run_is_refused(data, reference, tmp_path):
 
 
 def test_data_root_without_records_is_a_one_line_error(tmp_path):
-    r = run(train_cmd(tmp_path / "nothing", tmp_path / "run", "train.max_steps=1"))
+    # --local_rank as the deepspeed launcher appends it must not trip Hydra
+    r = run(train_cmd(tmp_path / "nothing", tmp_path / "run", "train.max_steps=1", "--local_rank=0"))
     assert r.returncode == 2
     assert "records.jsonl not found" in r.stderr and "Traceback" not in r.stderr
 
