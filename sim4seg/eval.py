@@ -113,10 +113,11 @@ def generate_rows(model, proc, batch: dict, cfg: DictConfig, vocab: dict, fmt: s
                 sam_iou.append(torch.zeros(n))
                 continue
             logits, iou = d.logits[:1], d.iou[:1]
-            if n > 1 and d.cells is not None:
-                cells = perturb_cells(d.cells[:1], d.scores[:1], n, t.flip_p, t.k_jitter, t.shift, gen)[0]
-                logits, iou = model.decode(batch["sam_embeddings"][b], d.embeds[:1].expand(n, -1), cells,
-                                           batch["resize_hw"][b], batch["orig_hw"][b])
+            if n > 1 and d.cells is not None:  # copy 0 is the unperturbed mask generate already decoded
+                cells = perturb_cells(d.cells[:1], d.scores[:1], n, t.flip_p, t.k_jitter, t.shift, gen)[0, 1:]
+                more, more_iou = model.decode(batch["sam_embeddings"][b], d.embeds[:1].expand(n - 1, -1), cells,
+                                              batch["resize_hw"][b], batch["orig_hw"][b])
+                logits, iou = torch.cat([logits, more]), torch.cat([iou, more_iou])
             elif n > 1:  # RVLS2M off: nothing to perturb, every candidate is the same mask
                 logits, iou = logits.expand(n, -1, -1), iou.expand(n)
             nonfinite |= not bool(torch.isfinite(logits).all())

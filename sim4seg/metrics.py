@@ -92,14 +92,18 @@ def _check_sequence(name: str, masks: Any) -> None:
 
 def _numpy_row(pred: Any, gt: Any) -> np.ndarray:
     """[inter, union, pred_area, gt_area, bad] for one numpy pair; bad: 1 = pred not binary, 2 = gt not."""
-    p, g = np.asarray(pred), np.asarray(gt)
-    bad = 0
-    for bit, m in ((1, p), (2, g)):
-        if m.dtype != np.bool_ and m.size and np.any((m != 0) & (m != 1)):
-            bad |= bit
-    pb, gb = p != 0, g != 0
-    return np.array([np.count_nonzero(pb & gb), np.count_nonzero(pb | gb), np.count_nonzero(pb),
-                     np.count_nonzero(gb), bad], dtype=np.int64)
+    masks, bad = [], 0
+    for bit, m in ((1, np.asarray(pred)), (2, np.asarray(gt))):
+        if m.dtype != np.bool_:
+            # One min/max pass checks "only 0 and 1" (NaN fails both comparisons); 0/1 bytes are read as bool.
+            if m.size and not (m.min() >= 0 and m.max() <= 1 and (m.dtype.kind != "f" or np.array_equal(m, m.round()))):
+                bad |= bit
+            m = m.view(np.bool_) if m.dtype.itemsize == 1 and m.dtype.kind in "ui" and m.flags.c_contiguous \
+                else m != 0
+        masks.append(m)
+    pb, gb = masks
+    inter, a, b = np.count_nonzero(pb & gb), np.count_nonzero(pb), np.count_nonzero(gb)
+    return np.array([inter, a + b - inter, a, b, bad], dtype=np.int64)
 
 
 def _torch_row(pred: Any, gt: Any) -> Any:

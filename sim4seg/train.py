@@ -186,6 +186,8 @@ def train(cfg: DictConfig) -> dict:
                             fused=dev.type == "cuda")
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=opt, model_parameters=params,
                                                    config=ds_config(cfg, world, total_steps))
+    # DeepSpeed's bf16 casts every weight; SAM's frozen prompt encoder must stay fp32 (see builder).
+    engine.module.sam.prompt_encoder.float()
     cache = EmbeddingCache(t.cache_dir, engine.module.sam.image_encoder) if t.cache_sam_embeddings else None
 
     step, epoch, micro_done = 0, 0, 0

@@ -102,6 +102,8 @@ class Sim4Seg(nn.Module):
             if cells is not None:
                 prompt = rvls2m.to_mask_prompt(cells, [orig_hw] * s, self.clip_view, self.mask_prompt_size,
                                                self.rvls2m.on, self.rvls2m.off)
+            if prompt is not None:
+                prompt = prompt.to(pe.mask_downscaling[0].weight.dtype)
             sparse, dense = pe(points=None, boxes=None, masks=prompt)
             dense = dense.expand(s, -1, -1, -1)
             image_pe = pe.get_dense_pe()
