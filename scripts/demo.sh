@@ -5,7 +5,7 @@
 set -euo pipefail
 source "$(dirname "$0")/setup_env.sh"
 start=$(date +%s)
-[ -f data/synthetic/records.jsonl ] || sim4seg data synth --out data/synthetic --n 120 --seed 0
+[ -f data/synthetic/records.jsonl ] || sim4seg data synth --out data/synthetic --n 80 --seed 0
 if [ ! -f runs/demo/trainable.safetensors ]; then
   resume=false; [ -f runs/demo/checkpoints/latest ] && resume=true
   python -m sim4seg.train experiment=demo train.resume=$resume

@@ -41,6 +41,8 @@ def predict(ckpt: str | Path, image_path: str | Path, query: str, out: str | Pat
         out.mkdir(parents=True, exist_ok=True)
         stem = Path(image_path).stem
         cv2.imwrite(str(out / f"{stem}_mask.png"), mask.astype(np.uint8) * 255)
+        for i in range(1, g.n_seg):  # every further [SEG] gets its own mask file; the first is the answer's mask
+            cv2.imwrite(str(out / f"{stem}_mask{i + 1}.png"), (g.decoded.logits[i] > 0).numpy().astype(np.uint8) * 255)
         vis = image[..., ::-1].copy()
         if g.n_seg and g.decoded.cells is not None:  # the region-mask grid, shaded
             region = region_on_image(g.decoded.cells[0], (h, w), model.clip_view)
