@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import socket
 import sys
 from collections.abc import Callable
 
@@ -43,8 +44,11 @@ def init_distributed() -> tuple[int, int]:
 
     if not torch.cuda.is_available():
         ops.__compatible_ops__["deepspeed_shm_comm"] = False  # avoid a ~1 min JIT build on CPU
-    for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 1000)), ("RANK", "0"),
-                 ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+    if "MASTER_PORT" not in os.environ:  # a single process without a launcher: any free port will do
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    for k, v in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
         os.environ.setdefault(k, v)
     if torch.cuda.is_available():
         torch.cuda.set_device(device())

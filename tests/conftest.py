@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 # The CPUs are shared with other test runs: OpenMP worker threads that spin while another process holds the
 # core make small-tensor training ~20x slower under load. One intra-op thread keeps the timings stable.
 torch.set_num_threads(1)
+
+# In CI the property tests draw the same examples every run: a red CI then means a regression, not bad luck.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "model" / "tiny.yaml"

@@ -84,7 +84,9 @@ def test_clip_view_shows_the_region_rvls2m_assumes(sample, view):
     proc = processor(view).image_processor
     # Above the grey padding (the CLIP mean colour) and below white: bicubic blur does not cross it.
     got = px > (200 / 255 - proc.image_mean[0]) / proc.image_std[0]
-    if expect.sum() >= 30:  # enough of the box is visible to compare (bicubic resizing blurs its edges)
+    rows, cols = np.nonzero(expect.any(1))[0], np.nonzero(expect.any(0))[0]
+    # Compare when at least 5 x 5 view pixels of the box are visible: bicubic resizing blurs thinner ones away.
+    if len(rows) >= 5 and len(cols) >= 5:
         c_got, c_want = (np.argwhere(m).mean(0) for m in (got, expect))
         assert np.abs(c_got - c_want).max() <= 1.5  # same place in the view, within ~1 of its pixels
         assert iou(got, expect) > 0.5
