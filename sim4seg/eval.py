@@ -25,7 +25,7 @@ from sim4seg import tts
 from sim4seg.data.dataset import M3DSDataset, collate
 from sim4seg.data.vocab import load_vocabulary
 from sim4seg.errors import UserError
-from sim4seg.metrics import SegmentationMeter, diagnosis_correct, extract_labels
+from sim4seg.metrics import SegmentationMeter, diagnosis_correct, extract_labels, mask_counts
 from sim4seg.model.checkpoint import load_run
 from sim4seg.model.embedding_cache import EmbeddingCache
 from sim4seg.model.rvls2m import perturb_cells
@@ -68,9 +68,10 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 
 def counts(pred: torch.Tensor, gt: torch.Tensor) -> dict:
-    inter, union = int((pred & gt).sum()), int((pred | gt).sum())
-    return {"inter": inter, "union": union, "iou": inter / union if union else 1.0,
-            "pred_area": int(pred.sum()), "gt_area": int(gt.sum())}
+    """One sample's row fields from the exact counts of sim4seg.metrics."""
+    inter, union, pred_area, gt_area = (int(x) for x in mask_counts([pred], [gt])[0])
+    return {"inter": inter, "union": union, "iou": inter / union if union else 1.0, "pred_area": pred_area,
+            "gt_area": gt_area}
 
 
 def teacher_rows(model, batch: dict) -> list[dict]:

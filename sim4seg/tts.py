@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import torch
+
+from sim4seg.metrics import mask_counts
 
 MASK_SELECTIONS = ("oracle", "consensus", "sam_score")
 DIAGNOSIS_SELECTIONS = ("oracle", "majority")
@@ -27,10 +30,9 @@ def pairwise_iou(masks: torch.Tensor) -> torch.Tensor:
 
 
 def iou_with(masks: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """bool [c, H, W] vs bool [H, W] -> [c]"""
-    inter = (masks & gt).flatten(1).sum(1).double()
-    union = (masks | gt).flatten(1).sum(1).double()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    """bool [c, H, W] vs bool [H, W] -> [c] IoU (empty/empty = 1), from sim4seg.metrics' exact counts."""
+    c = mask_counts(list(masks), [gt] * masks.shape[0])
+    return torch.from_numpy(np.where(c[:, 1] > 0, c[:, 0] / np.maximum(c[:, 1], 1), 1.0))
 
 
 def select_mask(masks: torch.Tensor, how: str, sam_iou: torch.Tensor | None = None,

@@ -4,6 +4,7 @@ our numbers beside the published ones, and finished runs are skipped on a rerun.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -20,9 +21,15 @@ def out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("repro")
 
 
+# In-process training in earlier tests sets torch.distributed's rendezvous variables in this process; a child
+# inheriting MASTER_PORT would try to listen on the port this process already holds.
+DIST_VARS = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"}
+
+
 def run_script(name: str, out: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     r = subprocess.run(["bash", f"scripts/{name}.sh", "--smoke", "--out", str(out)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=1200)
+                       text=True, timeout=1200, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

@@ -124,3 +124,11 @@ def test_export_then_load_gives_identical_outputs(reference, data, tmp_path):
     for da, db in zip(oa.masks, ob.masks):
         torch.testing.assert_close(da.logits, db.logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(oa.losses["txt"], ob.losses["txt"], rtol=1e-5, atol=1e-5)
+
+
+def test_missing_package_is_one_line(tmp_path):
+    # -S hides site-packages: the entry point must name what is missing instead of raising an import traceback
+    r = subprocess.run([sys.executable, "-S", "-m", "sim4seg.train"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**ENV, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: missing package(s) torch") and len(r.stderr.strip().splitlines()) == 1
