@@ -82,7 +82,8 @@ def configs(tiny: bool, grad_ckpt: bool):
     """(model, rvls2m, loss, train+deepspeed) configs from the repository's YAML files."""
     from omegaconf import OmegaConf
 
-    c = ROOT / "configs"
+    from sim4seg.config import CONFIG_DIR as c
+
     model = OmegaConf.load(c / "model" / "tiny.yaml")
     if not tiny:
         model = OmegaConf.merge(model, SIZES_7B)

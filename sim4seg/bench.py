@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BENCHMARKS = ("generate", "tts", "train_step", "loader", "metrics")
 
 
@@ -114,10 +113,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def compose_cfg(name: str, overrides: Sequence[str]):
-    from hydra import compose, initialize_config_dir
+    from sim4seg.config import compose
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(name, overrides=list(overrides))
+    return compose(name, overrides)
 
 
 def build(overrides: Sequence[str], name: str = "train"):

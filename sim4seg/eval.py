@@ -32,8 +32,6 @@ from sim4seg.model.rvls2m import perturb_cells
 from sim4seg.report import overlay_png, write_reports
 from sim4seg.runtime import device, init_distributed, strip_launcher_args, user_errors
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-
 
 def as_list(x) -> list[int]:
     return [int(v) for v in x] if isinstance(x, (list, tuple, ListConfig)) else [int(x)]
@@ -272,7 +270,7 @@ def rows_by_id(rows: list[dict]) -> dict:
     return {r["id"]: r for r in rows}
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="eval")
+@hydra.main(version_base=None, config_path="pkg://sim4seg.configs", config_name="eval")
 @user_errors
 def main(cfg: DictConfig) -> None:
     res = evaluate(cfg)

@@ -21,11 +21,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
+from sim4seg.config import compose  # noqa: E402
 from sim4seg.errors import UserError  # noqa: E402
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 PAPER = json.loads((Path(__file__).with_name("paper_results.json")).read_text())
 PAPER_SUBSETS = ["FracAtlas", "BoneFracture", "BFD", "ISBI", "ISIC", "Kvasir-SEG", "BUSI", "TN3K", "ChestX-Det",
                  "FIVES"]
@@ -82,8 +81,7 @@ def train_run(mode: Mode, exp: str, extra: tuple[str, ...] = ()) -> Path:
         return run
     overrides = [f"experiment={exp}", *mode.model_overrides(), f"data.root={mode.data}", f"train.output_dir={run}",
                  f"train.resume={(run / 'checkpoints' / 'latest').exists()}", *mode.train_extra, *extra]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose("train", overrides)
     print(f"[train] {exp}", flush=True)
     train(cfg)
     return run
@@ -97,8 +95,7 @@ def eval_run(mode: Mode, exp: str, run: Path, variant: str = "", extra: tuple[st
     if not (out / "metrics.json").exists():
         overrides = [f"ckpt={run}", f"data.root={mode.data}", "split=test", "mode=generate", f"out={out}",
                      *mode.eval_extra, *extra]
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-            cfg = compose("eval", overrides=overrides)
+        cfg = compose("eval", overrides)
         print(f"[eval] {out.name}", flush=True)
         evaluate(cfg)
     return json.loads((out / "metrics.json").read_text())

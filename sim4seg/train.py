@@ -38,7 +38,6 @@ from sim4seg.runtime import (
     user_errors,
 )
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 LATEST = "latest"
 
 
@@ -302,7 +301,7 @@ def train(cfg: DictConfig) -> dict:
     return final
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base=None, config_path="pkg://sim4seg.configs", config_name="train")
 @user_errors
 def main(cfg: DictConfig) -> None:
     train(cfg)

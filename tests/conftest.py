@@ -21,7 +21,7 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "configs" / "model" / "tiny.yaml"
+TINY_CONFIG = REPO / "sim4seg" / "configs" / "model" / "tiny.yaml"
 
 # (subset, label, seed) of small synthetic images with large, learnable lesions.
 SPECS = (("SynthDerm", "benign", 0), ("SynthDerm", "malignant", 1), ("SynthUS", "benign", 2),

@@ -116,7 +116,7 @@ def tiny_llava(tmp_path_factory) -> tuple[Path, int]:
 
     from sim4seg.model.builder import build_model
 
-    cfg = OmegaConf.load(REPO / "configs" / "model" / "tiny.yaml")
+    cfg = OmegaConf.load(REPO / "sim4seg" / "configs" / "model" / "tiny.yaml")
     cfg.lora.enabled = False  # a plain LlavaForConditionalGeneration, no peft wrapper
     model, proc = build_model(cfg)
     out = tmp_path_factory.mktemp("tiny_llava")

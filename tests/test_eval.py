@@ -17,7 +17,7 @@ from sim4seg.model.sim4seg import Sim4Seg
 from sim4seg.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = str(ROOT / "configs")
+CONFIGS = str(ROOT / "sim4seg" / "configs")
 
 
 def compose_cfg(name: str, overrides: list[str]):

@@ -22,7 +22,7 @@ BUSI = ROOT.parent / "shared" / "realdata" / "busi" / "Dataset_BUSI_with_GT" / "
 def run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("pred")
     data = write_synthetic(base / "data", n=12, seed=2, progress=False)
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+    with initialize_config_dir(config_dir=str(ROOT / "sim4seg" / "configs"), version_base=None):
         cfg = compose("train", overrides=["model=tiny", f"data.root={data}", f"train.output_dir={base / 'run'}",
                                           "train.max_steps=1", "train.micro_batch=2", "train.grad_accum=1",
                                           "train.warmup_steps=1", "train.eval_every=0", "train.save_every=0",

@@ -28,7 +28,7 @@ MAX_PIXELS = 30_000  # synthetic images are at most 160 x 160 = 25,600 pixels
 
 
 def cfg(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+    with initialize_config_dir(config_dir=str(ROOT / "sim4seg" / "configs"), version_base=None):
         return compose(name, overrides=overrides)
 
 
@@ -352,6 +352,6 @@ def test_nothing_is_unpickled_unsafely_and_remote_code_stays_off():
     for call in re.findall(r"torch\.load\([^)]*\)", src):
         assert "weights_only=True" in call, call
     assert "trust_remote_code=True" not in src
-    for preset in (ROOT / "configs" / "model").glob("*.yaml"):
+    for preset in (ROOT / "sim4seg" / "configs" / "model").glob("*.yaml"):
         assert "trust_remote_code: true" not in preset.read_text()
-    assert "WANDB_API_KEY" not in (ROOT / "configs" / "train.yaml").read_text().replace("WANDB_API_KEY in", "")
+    assert "WANDB_API_KEY" not in (ROOT / "sim4seg" / "configs" / "train.yaml").read_text().replace("WANDB_API_KEY in", "")

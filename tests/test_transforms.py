@@ -3,6 +3,8 @@ and back (segment_anything's postprocess), and the CLIP view, for random sizes a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from hypothesis import given, settings
@@ -20,7 +22,7 @@ SAM = build_sam(OmegaConf.create({"kind": "tiny", "checkpoint": None, "img_size"
 def processor(clip_view: str = "center_crop") -> Processor:
     from sim4seg.model.builder import build_image_processor
 
-    cfg = OmegaConf.load("configs/model/tiny.yaml")
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "sim4seg/configs/model/tiny.yaml")
     return Processor(tokenizer=None, image_processor=build_image_processor(cfg), n_image_tokens=256, sam_size=128,
                      sam_mean=[0.0] * 3, sam_std=[1.0] * 3, clip_view=clip_view)
 

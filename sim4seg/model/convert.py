@@ -53,7 +53,6 @@ from sim4seg.model.builder import DTYPES, build_model
 from sim4seg.model.checkpoint import TRAINABLE, load_trainable, save_trainable
 from sim4seg.model.sam import SAM_BUILDERS
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 IM_START, IM_END = "<im_start>", "<im_end>"
 SAM_PREFIX = "model.visual_model."
 SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
@@ -445,10 +444,9 @@ def _llava_config(lisa: dict, vision: CLIPVisionConfig, tok, image_id: int, rows
 
 def _compose() -> DictConfig:
     """configs/train.yaml with ``model=lisa_7b`` (Hydra's composition, as ``sim4seg.train`` sees it)."""
-    from hydra import compose, initialize_config_dir
+    from sim4seg.config import compose
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = compose("train", overrides=["model=lisa_7b"])
+    cfg = compose("train", ["model=lisa_7b"])
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
 
 
