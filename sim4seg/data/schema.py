@@ -2,6 +2,10 @@
 
 A dataset folder holds ``records.jsonl``, ``images/``, ``masks/`` and optionally ``subsets.json``. Paths in
 records are relative to the folder. Masks are single-channel 0/255 PNGs of the image's height and width.
+
+Beyond the paper setting: a *negative* (an image with no finding) has ``"mask": null`` and the diagnosis
+``["normal"]``; a record with several findings lists them in ``targets`` (one label and mask each), while
+``mask`` stays their union (the paper's single-mask setting).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from sim4seg.errors import UserError
 
 RECORDS = "records.jsonl"
 REQUIRED = ("id", "subset", "modality", "split", "image", "mask", "query", "diagnosis")
+NORMAL = "normal"  # the diagnosis of a negative (no finding, no mask), in every subset
 
 
 @dataclass
@@ -26,14 +31,22 @@ class Record:
     modality: str
     split: str
     image: str
-    mask: str
+    mask: str | None  # None: a negative (no finding)
     query: str
     diagnosis: list[str]
     cot: str | None = None
     source: dict = field(default_factory=dict)
+    targets: list[dict] | None = None  # several findings: [{"label": str, "mask": path}, ...]; mask = their union
+
+    @property
+    def is_negative(self) -> bool:
+        return self.mask is None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        d = asdict(self)
+        if d["targets"] is None:  # paper-style records keep the paper's fields only
+            del d["targets"]
+        return json.dumps(d, ensure_ascii=False)
 
 
 class RecordError(ValueError):
@@ -65,11 +78,22 @@ def validate_record(rec: Record, vocab: dict[str, Subset], root: Path) -> None:
     if rec.split not in SPLITS:
         raise RecordError(f"record {rec.id!r}: unknown split {rec.split!r} (one of {', '.join(SPLITS)})")
     labels = vocab[rec.subset].labels
-    bad = [x for x in rec.diagnosis if x not in labels]
-    if bad:
-        raise RecordError(f"record {rec.id!r}: label(s) {bad} not in the {rec.subset} vocabulary {list(labels)}")
-    for key in ("image", "mask"):
-        resolve_path(root, getattr(rec, key), rec.id, key)
+    if rec.is_negative:
+        if rec.diagnosis != [NORMAL] or rec.targets:
+            raise RecordError(f"record {rec.id!r}: a record without mask is a negative; its diagnosis must be "
+                              f"[{NORMAL!r}] and it has no targets")
+    else:
+        bad = [x for x in rec.diagnosis if x not in labels]
+        if bad:
+            raise RecordError(f"record {rec.id!r}: label(s) {bad} not in the {rec.subset} vocabulary {list(labels)}")
+    resolve_path(root, rec.image, rec.id, "image")
+    if rec.mask is not None:
+        resolve_path(root, rec.mask, rec.id, "mask")
+    for j, t in enumerate(rec.targets or []):
+        if not isinstance(t, dict) or set(t) != {"label", "mask"} or t["label"] not in labels:
+            raise RecordError(f"record {rec.id!r}: targets[{j}] must be {{\"label\": one of {list(labels)}, "
+                              f"\"mask\": path}}")
+        resolve_path(root, t["mask"], rec.id, f"targets[{j}].mask")
 
 
 def resolve_path(root: Path, rel: str, rec_id: str, key: str) -> Path:
