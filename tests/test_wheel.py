@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_installed_wheel_trains_and_evaluates(tmp_path):
-    wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
+    wheels, target, work, src = (tmp_path / x for x in ("wheels", "site", "work", "src"))
     work.mkdir()
+    # Build from a copy of the package sources: setuptools' build/ folder would otherwise keep stale modules.
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "build", "runs", "results", "data", "tests",
+                                                             "__pycache__", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheels), str(ROOT)], check=True, cwd=work)
+                    str(wheels), str(src)], check=True, cwd=work)
     (wheel,) = wheels.glob("sim4seg-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, cwd=work)
