@@ -20,8 +20,10 @@ def test_installed_wheel_trains_and_evaluates(tmp_path):
     wheels, target, work, src = (tmp_path / x for x in ("wheels", "site", "work", "src"))
     work.mkdir()
     # Build from a copy of the package sources: setuptools' build/ folder would otherwise keep stale modules.
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "build", "runs", "results", "data", "tests",
-                                                             "__pycache__", "*.egg-info"))
+    top = {"build", "runs", "results", "data", "tests", "scripts"}
+    shutil.copytree(ROOT, src, ignore=lambda d, names: [
+        n for n in names if n.startswith(".") or n == "__pycache__" or n.endswith(".egg-info")
+        or (Path(d) == ROOT and n in top)])
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(wheels), str(src)], check=True, cwd=work)
     (wheel,) = wheels.glob("sim4seg-*.whl")
