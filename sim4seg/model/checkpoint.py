@@ -1,13 +1,16 @@
 """Saving and loading trained weights, and rebuilding a trained model from its run directory.
 
-A run directory (``train.output_dir``) holds ``config.yaml`` (the resolved training config) and
+A run directory (``train.output_dir``) holds ``config.yaml`` (the resolved training config),
 ``trainable.safetensors`` (every parameter that training changed: LoRA, lm_head, embed_tokens, phi, mask
-decoder). The frozen rest is rebuilt from the config: pretrained paths, or the seeded random init of the tiny
-and demo presets. Only safetensors are read here: nothing is unpickled.
+decoder) and, written last, ``finished.json`` (``{"steps_done", "steps_planned"}``): a run is finished iff that
+file says every planned step was taken. The frozen rest is rebuilt from the config: pretrained paths, or the
+seeded random init of the tiny and demo presets. Only safetensors are read here: nothing is unpickled.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import torch
@@ -20,6 +23,33 @@ from sim4seg.model.builder import build_model
 from sim4seg.model.sim4seg import Sim4Seg
 
 TRAINABLE = "trainable.safetensors"
+FINISHED = "finished.json"
+
+
+def write_finished(run_dir: str | Path, steps_done: int, steps_planned: int) -> None:
+    """Record that training took ``steps_done`` of ``steps_planned`` optimizer steps; the run's last write."""
+    path = Path(run_dir) / FINISHED
+    tmp = path.with_name(f".{FINISHED}.tmp")
+    tmp.write_text(json.dumps({"steps_done": int(steps_done), "steps_planned": int(steps_planned)}) + "\n")
+    os.replace(tmp, path)
+
+
+def require_finished(run_dir: str | Path) -> None:
+    """Raise a one-line :class:`UserError` unless ``run_dir`` holds a finished training run (``finished.json``
+    with steps_done == steps_planned > 0). Evaluation, reproduction and prediction call this before loading."""
+    path = Path(run_dir) / FINISHED
+    resume = f"finish it with `python -m sim4seg.train ... train.output_dir={run_dir} train.resume=true`"
+    if not path.exists():
+        raise UserError(f"{run_dir}: not a finished training run (no {FINISHED}); {resume}, or pass another "
+                        "run directory")
+    try:
+        record = json.loads(path.read_text())
+        done, planned = int(record["steps_done"]), int(record["steps_planned"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: unreadable (expected {{\"steps_done\": N, \"steps_planned\": N}}); "
+                        f"{resume}") from None
+    if planned <= 0 or done != planned:
+        raise UserError(f"{run_dir}: training stopped at step {done} of {planned}; {resume}")
 
 
 def trainable_state(model: Sim4Seg) -> dict[str, torch.Tensor]:
