@@ -1,4 +1,5 @@
-"""``sim4seg data cot`` (assistant -> rule gate -> critic loop, resumable) and ``sim4seg data review``."""
+"""``sim4seg data cot`` (assistant -> rule gate -> critic loop, resumable) and ``sim4seg data review``; the hf
+backend is tested in ``test_cot_hf.py``."""
 
 from __future__ import annotations
 
@@ -17,22 +18,13 @@ import numpy as np
 import pytest
 
 from sim4seg.cli import main
-from sim4seg.data.cot import (
-    ChatRequest,
-    CotState,
-    HFBackend,
-    OpenAIBackend,
-    check_cot,
-    clean_cot,
-    generate_cots,
-    parse_verdict,
-)
-from sim4seg.data.review import export_review, import_review
+from sim4seg.data.cot import ChatRequest, export_review, generate_cots, import_review
+from sim4seg.data.cot.gate import check_cot, clean_cot, parse_verdict
+from sim4seg.data.cot.openai_backend import OpenAIBackend
+from sim4seg.data.cot.store import CotState
 from sim4seg.data.schema import iter_records
 from sim4seg.data.synthetic import SYNTH_SUBSETS, cot_for, write_synthetic
 from sim4seg.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _dataset(root: Path, n: int) -> dict[str, dict]:
@@ -104,67 +96,7 @@ def test_gate_verdicts_and_cleaning() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# (a) the real hf: backend with a random tiny LLaVA
-# ----------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory) -> tuple[Path, int]:
-    """A random-init tiny LLaVA saved as a transformers folder (model, tokenizer, CLIP image processor; no
-    processor_config yet), and its number of image tokens."""
-    from omegaconf import OmegaConf
-
-    from sim4seg.model.builder import build_model
-
-    cfg = OmegaConf.load(REPO / "sim4seg" / "configs" / "model" / "tiny.yaml")
-    cfg.lora.enabled = False  # a plain LlavaForConditionalGeneration, no peft wrapper
-    model, proc = build_model(cfg)
-    out = tmp_path_factory.mktemp("tiny_llava")
-    model.lvlm.save_pretrained(out)
-    proc.tokenizer.save_pretrained(out)
-    proc.image_processor.save_pretrained(out)
-    return out, model.lvlm.config.image_seq_length
-
-
-def test_hf_backend_gate_rejects_random_model_until_review(tmp_path: Path, tiny_llava) -> None:
-    from transformers import LlavaProcessor
-
-    model_dir, n_image = tiny_llava
-    # Folder without processor_config.json: the backend completes the LLaVA processor from the model config.
-    backend = HFBackend(model_dir, max_new_tokens=4)
-    proc = backend.processor
-    assert (proc.patch_size, proc.vision_feature_select_strategy) == (4, "default")
-    rng = np.random.default_rng(0)
-    reqs = [ChatRequest("Short question?", rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)),
-            ChatRequest("A much longer question about the image " * 4, rng.integers(0, 255, (70, 30, 3), np.uint8))]
-    enc = proc(images=[np.asarray(r.image) for r in reqs], text=[backend._prompt(r.text) for r in reqs],
-               return_tensors="pt", padding=True)
-    assert (enc["input_ids"] == proc.image_token_id).sum(1).tolist() == [n_image, n_image]
-    assert enc["attention_mask"][0, 0] == 0  # left padding
-    outs = backend.generate(reqs)
-    assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
-
-    # The usual transformers-native folder has the processor saved too.
-    LlavaProcessor(image_processor=proc.image_processor, tokenizer=proc.tokenizer, patch_size=4,
-                   vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained(model_dir)
-    data = tmp_path / "ds"
-    _dataset(data, 3)
-    critic = Scripted(lambda r: "ACCEPT")
-    summary = generate_cots(data, f"hf:{model_dir}", critic, max_rounds=2, batch_size=3, progress=False,
-                            backend_options={"max_new_tokens": 4})
-    assert (summary.accepted, summary.needs_review, summary.failed) == (0, 3, 0)
-    assert critic.calls == []  # the gate rejected every attempt, so the critic was never asked
-    state = CotState(data).entries
-    assert len(state) == 3
-    for entry in state.values():
-        assert entry["status"] == "needs_review" and entry["rounds"] == 2 and len(entry["attempts"]) == 2
-        assert all(a["by"] == "gate" and a["verdict"] == "REJECT" and a["reason"] for a in entry["attempts"])
-        assert entry["assistant"] == f"hf:{model_dir}"
-    assert set(_cots(data).values()) == {None}  # only accepted CoTs reach records.jsonl
-
-
-# ----------------------------------------------------------------------------------------------------------
-# (b) an OpenAI-compatible server (http.server in a thread)
+# (a) an OpenAI-compatible server (http.server in a thread)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -285,7 +217,7 @@ def test_openai_unreachable_is_one_line(tmp_path: Path, monkeypatch, capsys) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# (c) resume after a crash
+# (b) resume after a crash
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -323,7 +255,7 @@ def test_resume_after_crash_skips_accepted(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# (d) human review
+# (c) human review
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -388,3 +320,21 @@ def test_review_export_and_import(tmp_path: Path, capsys) -> None:
     with open(csvs[0], newline="") as f:
         assert len(list(csv.reader(f))) == 1 + 4
     assert import_review(data, [csvs[0]]).undecided == 4
+
+
+def test_damaged_files_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "ds"
+    _dataset(data, 2)
+    args = ["data", "cot", "--data", str(data), "--assistant", "openai:http://127.0.0.1:9/v1#m", "--critic",
+            "openai:http://127.0.0.1:9/v1#m", "--max-rounds", "1"]
+    (data / "cot_state.jsonl").write_text('{"id": "x", "status": "accepted"}\n{"status": "failed"}\n')
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {data / 'cot_state.jsonl'}: entry 2 is not an object with an id; the file is damaged: " \
+                  "remove the entry or the file (the records' CoTs are in records.jsonl)"
+    (data / "cot_state.jsonl").unlink()
+    with open(data / "records.jsonl", "ab") as f:
+        f.write(b'{"id": "bad \xff"}\n')
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {data / 'records.jsonl'}:3: not UTF-8 text") and "\n" not in err

@@ -50,7 +50,8 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
                     "diagnosis is X.' from the image, question and known diagnosis; a rule gate and the critic "
                     "accept or reject it, rejections are fed back, and after --max-rounds the record is left for "
                     "human review (`sim4seg data review`). Results are saved after every batch; rerunning resumes. "
-                    "SPEC: hf:/path/to/local/llava-dir or openai:http://host:port/v1#model-name "
+                    "SPEC: hf:/path/to/local/model-dir (LLaVA or Qwen2.5-VL format) or "
+                    "openai:http://host:port/v1#model-name "
                     "(API key from OPENAI_API_KEY).")
     p.add_argument("--data", required=True, type=Path, help="the dataset folder (records.jsonl is updated in place)")
     p.add_argument("--assistant", required=True, metavar="SPEC", help="the medical assistant backend")
@@ -126,14 +127,14 @@ def cmd_cot(args: argparse.Namespace) -> int:
 
 
 def cmd_review_export(args: argparse.Namespace) -> int:
-    from sim4seg.data.review import export_review
+    from sim4seg.data.cot import export_review
 
     export_review(args.data, args.out, args.status, args.batch_size)
     return 0
 
 
 def cmd_review_import(args: argparse.Namespace) -> int:
-    from sim4seg.data.review import import_review
+    from sim4seg.data.cot import import_review
 
     summary = import_review(args.data, args.csv)
     print(summary.line())

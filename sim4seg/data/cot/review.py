@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sim4seg.data.cot import CotState, RecordsFile, candidate_cot, check_cot, clean_cot, png_bytes
+from sim4seg.data.cot.chat import png_bytes
+from sim4seg.data.cot.gate import check_cot, clean_cot
+from sim4seg.data.cot.store import CotState, RecordsFile, candidate_cot
 from sim4seg.data.schema import Record, RecordError, resolve_path
 from sim4seg.data.vocab import load_vocabulary
 from sim4seg.errors import UserError
