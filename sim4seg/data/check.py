@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sim4seg.data.io import DEFAULT_MAX_PIXELS, load_image, load_mask
+from sim4seg.data.io import DEFAULT_MAX_PIXELS, exif_turn, image_size, load_image, load_mask
 from sim4seg.data.schema import RECORDS, Record, RecordError, iter_records, resolve_path, validate_record
 from sim4seg.data.vocab import M3DS_SUBSETS, MODALITIES, SPLITS, load_vocabulary
 
@@ -62,8 +62,24 @@ def _check_files(rec: Record, img_path: Path, mask_path: Path, max_pixels: int) 
     try:
         load_mask(mask_path, hw, max_pixels)
     except RecordError as e:
-        problems.append(Problem(rec.id, rec.mask, _reason(str(e), f"{mask_path}: ")))
+        problems.append(Problem(rec.id, rec.mask, _exif_hint(img_path, mask_path, hw, max_pixels)
+                                or _reason(str(e), f"{mask_path}: ")))
     return problems, digest
+
+
+def _exif_hint(img_path: Path, mask_path: Path, hw: tuple[int, int] | None, max_pixels: int) -> str | None:
+    """When a mask fits the image as stored but not as displayed (an EXIF turn), say so."""
+    turn = exif_turn(img_path, max_pixels) if hw is not None else None
+    if turn is None:
+        return None
+    try:
+        if image_size(mask_path, max_pixels) != (hw[1], hw[0]):
+            return None
+    except RecordError:
+        return None
+    return (f"mask is {hw[1]}x{hw[0]}, the size of its image as stored, but the image is read as displayed, "
+            f"{hw[0]}x{hw[1]} (HxW), turned by its EXIF orientation {turn}: rotate the mask the same way, or "
+            "re-save the image upright without the EXIF orientation (PIL.ImageOps.exif_transpose)")
 
 
 def check_dataset(root: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
