@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import synthetic
+from conftest import TINY_CONFIG, make_samples, synthetic
 
 from sim4seg.model.losses import LossWeights, bce_loss, dice_loss, mask_losses, total_loss
 
@@ -379,6 +379,77 @@ def test_generated_masks_equal_teacher_forced_masks(tiny, make_batch, seg_state)
     assert g.n_seg == 3 and out.masks[0].logits.shape == g.decoded.logits.shape
     assert torch.equal(out.masks[0].cells, g.decoded.cells)
     torch.testing.assert_close(out.masks[0].logits, g.decoded.logits, atol=1e-3, rtol=1e-3)
+
+
+def test_sim_std_is_the_spread_of_eq4_per_seg(tiny, make_batch):
+    model, _ = tiny
+    batch = make_batch(1, answers="It is [SEG] and [SEG].")
+    ids = batch["input_ids"]
+    with configured(model, training=False), torch.no_grad():
+        out = model(batch)
+        hidden = model.lvlm(input_ids=ids, pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
+                            output_hidden_states=True).hidden_states[-1]
+        b, pos = model.seg_positions(ids)
+        phi = model.text_hidden_fcs
+        sim = phi(model.image_states(hidden, ids)[0]) @ phi(hidden[b, pos]).T  # Eq. 4: [n, s]
+    d = out.masks[0]
+    assert d.sim_std.shape == (2,)
+    torch.testing.assert_close(d.sim_std, sim.std(dim=0, correction=0), rtol=1e-4, atol=1e-6)
+    with configured(model, training=False, enabled=False), torch.no_grad():
+        assert model(batch).masks[0].sim_std is None  # no RVLS2M, no similarity
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16():
+    """The tiny preset in bf16 (its own weights: the same seeds as ``tiny``)."""
+    from omegaconf import OmegaConf
+
+    from sim4seg.model.builder import build_model
+
+    cfg = OmegaConf.load(TINY_CONFIG)
+    cfg.dtype = "bfloat16"
+    torch.manual_seed(0)
+    model, proc = build_model(cfg)
+    return model.eval(), proc
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_bf16_generation_and_teacher_forcing_give_the_same_cells_and_masks(tiny_bf16, query):
+    """Issue 12.7: in bf16 the cached [SEG] state and the teacher-forced one differ in the last bit; phi in bf16
+    turned that into other RVLS2M cells (2 of these 48 [SEG]s when written). With phi in fp32 for the similarity the cells are
+    equal, and the masks differ only where a logit is within 1e-2 of the threshold."""
+    model, proc = tiny_bf16
+    tok, sid = proc.tokenizer, seg_id(proc)
+    # One query for all: equal prompt lengths, no padding, so the teacher-forced positions equal generate's.
+    batch = proc.collate(make_samples(proc, 12, answers=None, query=query), left_pad=True)
+    assert batch["attention_mask"].all()
+    with torch.no_grad(), force_token(model, sid):
+        gens = model.generate(batch, max_new_tokens=4, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        seq = torch.cat([batch["input_ids"], torch.tensor([g.tokens for g in gens])], 1)
+        out = model(dict(batch, input_ids=seq, attention_mask=torch.ones_like(seq), labels=None))
+    for tf, g in zip(out.masks, gens):
+        assert g.n_seg == 4
+        assert torch.equal(tf.cells, g.decoded.cells)
+        a, b = tf.logits, g.decoded.logits
+        assert a.dtype == b.dtype == torch.float32  # upsampled and thresholded in fp32, as LISA does
+        differ = (a > 0) != (b > 0)
+        assert (a[differ].abs() < 1e-2).all() and (b[differ].abs() < 1e-2).all()
+
+
+def test_bf16_masks_are_upsampled_in_fp32(tiny_bf16):
+    model, proc = tiny_bf16
+    batch = proc.collate(make_samples(proc, 1), left_pad=False)
+    low = []
+    handle = model.sam.mask_decoder.register_forward_hook(lambda m, a, o: low.append(o[0]))
+    try:
+        with torch.no_grad():
+            d = model(batch).masks[0]
+    finally:
+        handle.remove()
+    assert low[0].dtype == torch.bfloat16 and d.logits.dtype == torch.float32
+    h, w = batch["orig_hw"][0]
+    expected = model.sam.postprocess_masks(low[0].float(), tuple(batch["resize_hw"][0]), (h, w))[:, 0]
+    assert torch.equal(d.logits, expected)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -3,10 +3,15 @@ the test-time-scaling perturbation, and hypothesis properties."""
 
 from __future__ import annotations
 
+import decimal
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -46,12 +51,19 @@ def test_similarity_is_per_sample():
 # ------------------------------------------------------------------------------------------------------------
 def test_normalize_softmax_hand_values():
     sim = torch.tensor([[0.0, math.log(2.0), math.log(5.0)]])  # exp -> 1, 2, 5; sum 8
-    torch.testing.assert_close(normalize(sim, "softmax"), torch.tensor([[1 / 8, 2 / 8, 5 / 8]]))
+    # returned as log-probabilities
+    torch.testing.assert_close(normalize(sim, "softmax").exp(), torch.tensor([[1 / 8, 2 / 8, 5 / 8]]))
 
 
 def test_normalize_softmax_is_over_tokens_not_batch():
     sim = torch.tensor([[0.0, 0.0], [100.0, 100.0]])
-    torch.testing.assert_close(normalize(sim, "softmax"), torch.full((2, 2), 0.5))
+    torch.testing.assert_close(normalize(sim, "softmax").exp(), torch.full((2, 2), 0.5))
+
+
+def test_normalize_softmax_keeps_tokens_far_below_the_maximum():
+    sim = torch.tensor([[0.0, -200.0, -400.0]])
+    assert (sim.softmax(-1)[0, 1:] == 0).all()  # what the probabilities would be in float32
+    torch.testing.assert_close(normalize(sim, "softmax"), sim)  # log-probabilities: still ordered, exact
 
 
 def test_normalize_minmax_hand_values():
@@ -165,6 +177,59 @@ def test_region_scores_non_square_token_map():
     assert r[0, 1, 1] < 1.0  # bottom-right holds the zero slots
 
 
+@pytest.mark.parametrize("n", [256, 577, 10])
+@pytest.mark.parametrize("g", [1, 4, 8, 16, 32, 64])
+def test_region_scores_in_log_space_are_the_log_of_the_cell_means(n, g):
+    gen = torch.Generator().manual_seed(n + g)
+    logp = (torch.randn(2, n, generator=gen, dtype=torch.float64) * 3).log_softmax(-1)
+    torch.testing.assert_close(region_scores(logp, g, log=True).exp(), region_scores(logp.exp(), g))
+
+
+def _eq67_weights(n: int, g: int) -> torch.Tensor:
+    """Reference weights of Eqs. 6-7, cell x token [g*g, n]: each token alone through the literal recipe
+    (row-major map, 2-D bilinear upsampling to a multiple of g if needed, block means)."""
+    h = math.isqrt(n)
+    w = math.ceil(n / h)
+    m = F.pad(torch.eye(n, dtype=torch.float64), (0, h * w - n)).view(n, h, w)
+    if h % g or w % g:
+        h, w = math.ceil(h / g) * g, math.ceil(w / g) * g
+        m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    return m.view(n, g, h // g, g, w // g).mean(dim=(2, 4)).reshape(n, g * g).T
+
+
+EXACT = decimal.Context(prec=40, Emin=-10**6, Emax=10**6)  # no underflow, far past float64's exp(-745)
+
+
+def _exact_cell_means(sim: torch.Tensor, g: int) -> list[decimal.Decimal]:
+    """Eq. 7's cell means of the softmax of ``sim``, times its denominator (which does not change their order),
+    in exact arithmetic: sum_i W[c, i] exp(sim_i)."""
+    e = [EXACT.exp(decimal.Decimal(float(x))) for x in sim]
+    weights = _eq67_weights(len(e), g)
+    value = [decimal.Decimal(0)] * (g * g)
+    for c, i in weights.nonzero().tolist():
+        value[c] = EXACT.add(value[c], EXACT.multiply(decimal.Decimal(float(weights[c, i])), e[i]))
+    return value
+
+
+@PROPS
+@given(std=st.sampled_from([60.0, 120.0]), n=st.sampled_from([256, 576]), g=st.sampled_from([4, 8, 16, 32]),
+       data=st.data(), seed=st.integers(0, 2**31 - 1))
+def test_prop_large_spreads_keep_the_exact_order_of_the_pooled_softmax(std, n, g, data, seed):
+    """Issue 12.6: with float32 softmax probabilities, std 60 changed about 5 of k = 36 cells (std 120: 25),
+    because cells far below the maximum all scored exactly 0. The selected cells must be a top-k of the exact
+    cell means; cells equal to float64 resolution (neighbours that share one dominant token under bilinear
+    upsampling differ by 1e-21 relative) are ties and go to the lower flat index."""
+    k = data.draw(st.integers(1, g * g))
+    sim = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * std  # Eq. 4's output, float32
+    cells = region_mask(sim.view(1, n, 1), torch.ones(1, 1), RVLS2MConfig(grid=g, k=k)).cells.flatten().tolist()
+    value = _exact_cell_means(sim, g)
+    chosen = [v for v, c in zip(value, cells) if c]
+    others = [v for v, c in zip(value, cells) if not c]
+    assert len(chosen) == k
+    if others:
+        assert min(chosen) >= max(others) * decimal.Decimal(1 - 1e-12)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Eq. 8: cell selection
 # ------------------------------------------------------------------------------------------------------------
@@ -220,12 +285,14 @@ def test_select_rejects_bad_settings():
 def test_region_mask_hand_example():
     states = torch.arange(16.0).view(1, 16, 1)  # sim = token index; map rows 0..3 of 4 x 4
     seg = torch.ones(1, 1)
-    cells, scores = region_mask(states, seg, RVLS2MConfig(grid=2, k=1))
+    cells, scores, sim = region_mask(states, seg, RVLS2MConfig(grid=2, k=1))
     # block (1, 1) holds tokens 10, 11, 14, 15: the highest
     assert torch.equal(cells, torch.tensor([[[False, False], [False, True]]]))
     assert scores.shape == (1, 2, 2)
-    torch.testing.assert_close(scores.sum(), torch.tensor(0.25))  # 2 x 2 block means of a softmax: 1 / b^2
+    # log scores: 2 x 2 block means of a softmax sum to 1 / b^2
+    torch.testing.assert_close(scores.exp().sum(), torch.tensor(0.25, dtype=torch.float64))
     assert scores[0, 1, 1] == scores.max()
+    assert torch.equal(sim, torch.arange(16.0, dtype=torch.float64)[None])  # Eq. 4, kept for its spread
 
 
 @pytest.mark.parametrize("cfg", [RVLS2MConfig(grid=4, k=3), RVLS2MConfig(grid=8, strategy="ratio", ratio=0.2),
@@ -233,17 +300,29 @@ def test_region_mask_hand_example():
 def test_region_mask_composes_the_equations(cfg):
     gen = torch.Generator().manual_seed(3)
     states, seg = torch.randn(2, 64, 5, generator=gen), torch.randn(2, 5, generator=gen)
-    cells, scores = region_mask(states, seg, cfg)
-    expected_scores = region_scores(normalize(similarity(states, seg), cfg.normalize), cfg.grid)
+    cells, scores, _ = region_mask(states, seg, cfg)
+    log = cfg.normalize == "softmax"
+    sim = similarity(states.double(), seg.double())
+    expected_scores = region_scores(normalize(sim, cfg.normalize), cfg.grid, log=log)
     assert torch.equal(scores, expected_scores)
-    assert torch.equal(cells, select_cells(expected_scores, cfg.strategy, cfg.k, cfg.ratio, cfg.threshold))
+    by = expected_scores.exp() if log and cfg.strategy == "threshold" else expected_scores
+    assert torch.equal(cells, select_cells(by, cfg.strategy, cfg.k, cfg.ratio, cfg.threshold))
+
+
+def test_region_mask_threshold_scales_the_cell_means_not_their_logs():
+    states = torch.tensor([0.0, 0.0, 0.0, math.log(2.0), 0.0, 0.0, 0.0, math.log(3.0), 0.0]).view(1, 9, 1)
+    # g = 3 on 3 x 3: the cell means are 1, 1, 1, 2, 1, 1, 1, 3, 1 (/ 12), min-max scaled 0, .., 0.5, .., 1.
+    # Scaled as logs, cell 3 would be log 2 / log 3 = 0.63 and pass a threshold of 0.6.
+    for t, expected in ((0.45, [3, 7]), (0.6, [7])):
+        cells = region_mask(states, torch.ones(1, 1), RVLS2MConfig(grid=3, strategy="threshold", threshold=t)).cells
+        assert cells.flatten().nonzero().flatten().tolist() == expected, t
 
 
 def test_region_mask_normalisation_setting_is_used():
     gen = torch.Generator().manual_seed(4)
     states, seg = torch.randn(1, 64, 5, generator=gen), torch.randn(1, 5, generator=gen)
-    _, soft = region_mask(states, seg, RVLS2MConfig(grid=4, k=3, normalize="softmax"))
-    _, mm = region_mask(states, seg, RVLS2MConfig(grid=4, k=3, normalize="minmax"))
+    _, soft, _ = region_mask(states, seg, RVLS2MConfig(grid=4, k=3, normalize="softmax"))
+    _, mm, _ = region_mask(states, seg, RVLS2MConfig(grid=4, k=3, normalize="minmax"))
     assert not torch.allclose(soft, mm)
 
 
@@ -443,9 +522,9 @@ def test_prop_shapes(b, n, d, g, data, seed):
     states, seg = torch.randn(b, n, d, generator=gen), torch.randn(b, d, generator=gen)
     h = math.isqrt(n)
     assert token_map(normalize(similarity(states, seg))).shape == (b, h, math.ceil(n / h))
-    cells, scores = region_mask(states, seg, RVLS2MConfig(grid=g, k=k))
-    assert cells.shape == scores.shape == (b, g, g) and cells.dtype == torch.bool
-    assert torch.isfinite(scores).all()
+    cells, scores, sim = region_mask(states, seg, RVLS2MConfig(grid=g, k=k))
+    assert cells.shape == scores.shape == (b, g, g) and cells.dtype == torch.bool and sim.shape == (b, n)
+    assert not torch.isnan(scores).any() and (scores < 1e-9).all()  # log-probabilities (-inf: padding only)
     assert (cells.flatten(1).sum(-1) == k).all()
     prompt = to_mask_prompt(cells, [(37 + i, 91 - i) for i in range(b)], size=32)
     assert prompt.shape == (b, 1, 32, 32)
@@ -506,3 +585,57 @@ def test_prop_cells_prompt_round_trip(h, w, g, size, seed):
     # and the prompt lights nothing but selected cells: its area is close to theirs
     cell_px = (side / g * s) ** 2
     assert abs(float(prompt.sum()) - float(cells.sum()) * cell_px) <= float(cells.sum()) * (4 * side / g * s + 4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Settings: impossible ones are refused when the config is built, before any model
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw,match", [
+    ({"k": 300}, r"rvls2m\.k=300 must be an integer between 1 and 256 \(rvls2m\.grid=16 has 16x16 cells\)"),
+    ({"k": 0}, r"rvls2m\.k=0 .* between 1 and 256"),
+    ({"grid": 4, "k": 17}, r"rvls2m\.k=17 .* between 1 and 16"),
+    ({"k": 3.5}, r"rvls2m\.k=3\.5 must be an integer"),
+    ({"grid": 0}, r"rvls2m\.grid=0 must be an integer >= 1"),
+    ({"strategy": "best"}, r"rvls2m\.strategy='best': use one of topk, ratio, threshold"),
+    ({"strategy": "ratio", "ratio": 0.0}, r"rvls2m\.ratio=0\.0 must be in \(0, 1\]"),
+    ({"strategy": "threshold", "threshold": 1.5}, r"rvls2m\.threshold=1\.5 must be in \[0, 1\]"),
+    ({"normalize": "l2"}, r"rvls2m\.normalize='l2': use one of softmax, minmax"),
+])
+def test_config_refuses_impossible_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        RVLS2MConfig(**kw)
+
+
+def test_config_checks_only_what_the_strategy_uses():
+    assert RVLS2MConfig(strategy="ratio", k=300).k == 300  # k is not used by ratio
+    assert RVLS2MConfig(grid=1, k=1).grid == 1
+
+
+def test_composed_train_and_eval_configs_with_k_beyond_g2_fail_before_any_model_is_built():
+    from omegaconf import OmegaConf
+
+    from sim4seg.config import compose
+    from sim4seg.model.builder import build_model
+
+    for name, overrides in (("train", ["rvls2m.k=300", "rvls2m.grid=16"]),
+                            ("eval", ["rvls2m=paper", "rvls2m.k=300", "rvls2m.grid=16"])):
+        rv = compose(name, overrides).rvls2m
+        with pytest.raises(ValueError, match=r"rvls2m\.k=300 .* between 1 and 256"):
+            RVLS2MConfig(**OmegaConf.to_container(rv))
+        # The builder checks first: a model whose weights do not exist is never reached.
+        missing = OmegaConf.create({"lvlm": {"kind": "pretrained", "path": "/nonexistent/lvlm"}})
+        with pytest.raises(ValueError, match=r"rvls2m\.k=300"):
+            build_model(missing, rv)
+
+
+def test_train_entry_point_refuses_k_beyond_g2_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK",
+                                                             "WORLD_SIZE"}}
+    r = subprocess.run([sys.executable, "-m", "sim4seg.train", "rvls2m.k=300", "rvls2m.grid=16",
+                        f"train.output_dir={tmp_path / 'run'}", "wandb.mode=disabled", "train.progress=false"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: rvls2m.k=300 must be an integer between 1 and 256"), last
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -3,14 +3,18 @@
 Algorithm 1, step by step, one function per equation::
 
     sim    = similarity(phi(E_img), phi(E_seg))     # Eq. 4   [B, n]
-    sim    = normalize(sim, "softmax")              # Eq. 5   [B, n]
-    R      = region_scores(sim, grid=g)             # Eq. 6-7 [B, g, g]
+    sim    = normalize(sim, "softmax")              # Eq. 5   [B, n]  (as log-probabilities)
+    R      = region_scores(sim, grid=g, log=True)   # Eq. 6-7 [B, g, g] (log of the cell means)
     cells  = select_cells(R, "topk", k=k)           # Eq. 8   bool [B, g, g]
     prompt = to_mask_prompt(cells, orig_hw)         # SAM's dense mask input [B, 1, 256, 256]
 
 :func:`region_mask` runs the first four; the Sim4Seg module feeds ``to_mask_prompt`` to SAM (Eq. 9).
 :func:`perturb_cells` is the test-time-scaling perturbation g(M_region, theta) of Eq. 12.
 Everything is batched; no Python loop runs over cells or images.
+
+Why log space: the phi-space dot products can spread by hundreds, and then the softmax probabilities of most
+tokens are exactly 0 in floating point; their cells would tie and top-k would fill up with the top-left cells.
+Eq. 7's cell means taken in log space (log-sum-exp) keep the exact order of the pooled softmax.
 """
 
 from __future__ import annotations
@@ -18,17 +22,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from sim4seg.errors import UserError
+
 STRATEGIES = ("topk", "ratio", "threshold")
+NORMALIZATIONS = ("softmax", "minmax")
 CLIP_VIEWS = ("center_crop", "pad")
+
+
+class RVLS2MSettingError(UserError, ValueError):
+    """An impossible ``rvls2m.*`` setting: a ValueError for library callers, one line at the entry points."""
 
 
 @dataclass
 class RVLS2MConfig:
-    """Settings of the module (Hydra group ``rvls2m``); defaults are the paper's best (g=16, k=36)."""
+    """Settings of the module (Hydra group ``rvls2m``); defaults are the paper's best (g=16, k=36).
+
+    Checked on construction, so a run with an impossible setting stops before any model is built.
+    """
 
     enabled: bool = True
     at_inference_only: bool = False  # plug into a model trained without RVLS2M (paper Table 4)
@@ -42,6 +57,34 @@ class RVLS2MConfig:
     on: float = 1.0
     off: float = 0.0
 
+    def __post_init__(self) -> None:
+        g = self.grid
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            raise RVLS2MSettingError(f"rvls2m.grid={g!r} must be an integer >= 1 (the paper uses 16)")
+        if self.strategy not in STRATEGIES:
+            raise RVLS2MSettingError(f"rvls2m.strategy={self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if self.strategy == "topk" and (isinstance(self.k, bool) or not isinstance(self.k, int)
+                                        or not 1 <= self.k <= g * g):
+            raise RVLS2MSettingError(f"rvls2m.k={self.k!r} must be an integer between 1 and {g * g} "
+                                     f"(rvls2m.grid={g} has {g}x{g} cells)")
+        if self.strategy == "ratio" and not 0 < self.ratio <= 1:
+            raise RVLS2MSettingError(f"rvls2m.ratio={self.ratio!r} must be in (0, 1] (a fraction of the cells)")
+        if self.strategy == "threshold" and not 0 <= self.threshold <= 1:
+            raise RVLS2MSettingError(f"rvls2m.threshold={self.threshold!r} must be in [0, 1] (after min-max "
+                                     "scaling of the region scores)")
+        if self.normalize not in NORMALIZATIONS:
+            raise RVLS2MSettingError(f"rvls2m.normalize={self.normalize!r}: use one of "
+                                     f"{', '.join(NORMALIZATIONS)}")
+
+
+class Region(NamedTuple):
+    """Output of :func:`region_mask`: cells bool [B, g, g]; scores [B, g, g] (log of Eq. 7 for softmax, Eq. 7
+    for minmax; only their order is used downstream); similarity: Eq. 4's dot products [B, n]."""
+
+    cells: torch.Tensor
+    scores: torch.Tensor
+    similarity: torch.Tensor
+
 
 def similarity(image_states: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
     """Eq. 4: dot product of every image-token state with the [SEG] state.
@@ -52,41 +95,60 @@ def similarity(image_states: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(sim: torch.Tensor, how: str = "softmax") -> torch.Tensor:
-    """Eq. 5: softmax over the n image tokens (paper), or per-row min-max scaling (published code). [B, n]"""
-    sim = sim.float()
+    """Eq. 5 over the n image tokens. [B, n] -> [B, n]
+
+    ``softmax`` (paper) is returned as log-probabilities, log softmax(sim): the probabilities themselves
+    underflow to 0 far below the maximum (see the module docstring). ``minmax``: per-row min-max scaling to
+    [0, 1] (published code).
+    """
     if how == "softmax":
-        return sim.softmax(dim=-1)
+        return sim.log_softmax(dim=-1)
     if how == "minmax":
         lo = sim.amin(dim=-1, keepdim=True)
         hi = sim.amax(dim=-1, keepdim=True)
         return (sim - lo) / (hi - lo).clamp_min(1e-12)
-    raise ValueError(f"rvls2m.normalize={how!r}: use 'softmax' or 'minmax'")
+    raise RVLS2MSettingError(f"rvls2m.normalize={how!r}: use one of {', '.join(NORMALIZATIONS)}")
 
 
-def token_map(sim_norm: torch.Tensor) -> torch.Tensor:
+def token_map(sim_norm: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
     """Eq. 6: lay the n scores row-major on an h' x w' map, h' = floor(sqrt n), w' = ceil(n / h').
 
-    Slots past n (when n is not h' * w') are 0. [B, n] -> [B, h', w']
+    Slots past n (when n is not h' * w') hold ``fill``: 0, or -inf for log-scores. [B, n] -> [B, h', w']
     """
     b, n = sim_norm.shape
     h = math.isqrt(n)
     w = math.ceil(n / h)
-    return F.pad(sim_norm, (0, h * w - n)).view(b, h, w)
+    return F.pad(sim_norm, (0, h * w - n), value=fill).view(b, h, w)
 
 
-def region_scores(sim_norm: torch.Tensor, grid: int = 16) -> torch.Tensor:
+def _axis_means(length: int, grid: int, like: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 along one axis of the token map as weights [grid, length] (each row sums to 1): block means when
+    ``grid`` divides ``length``; otherwise linear upsampling to the next multiple of ``grid`` first."""
+    up = math.ceil(length / grid) * grid
+    eye = torch.eye(length, dtype=like.dtype, device=like.device)
+    if up != length:  # row i of the result: where input position i lands after upsampling
+        eye = F.interpolate(eye[None], size=up, mode="linear", align_corners=False)[0]
+    return eye.T.reshape(grid, up // grid, length).mean(1)
+
+
+def region_scores(sim_norm: torch.Tensor, grid: int = 16, log: bool = False) -> torch.Tensor:
     """Eqs. 6-7: mean score of each of g x g non-overlapping cells of the token map. [B, n] -> [B, g, g]
 
     When h' and w' are multiples of g, cell (k, l) is the mean of an (h'/g) x (w'/g) block: exactly Eq. 7 for the
     square token grids of CLIP (h' = w', b = h'/g). Otherwise (e.g. g = 32 or 64 on a 16 x 16 grid, paper Fig. 6)
-    the map is first upsampled bilinearly to the next multiple of g on each side, then block-averaged.
+    the map is first upsampled bilinearly to the next multiple of g on each side, then block-averaged. Both are
+    one separable linear map with non-negative weights A_h [g, h'], A_w [g, w'].
+
+    ``log=True``: ``sim_norm`` holds log-scores (``normalize(.., "softmax")``) and the result is the log of the
+    same cell means, log sum_uv A_h[k, u] A_w[l, v] exp(x_uv), by log-sum-exp: exact where the means underflow.
     """
-    m = token_map(sim_norm)
-    b, h, w = m.shape
-    if h % grid or w % grid:
-        h, w = math.ceil(h / grid) * grid, math.ceil(w / grid) * grid
-        m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-    return m.view(b, grid, h // grid, grid, w // grid).mean(dim=(2, 4))
+    m = token_map(sim_norm, -math.inf if log else 0.0)
+    _, h, w = m.shape
+    a_h, a_w = _axis_means(h, grid, m), _axis_means(w, grid, m)
+    if not log:
+        return torch.einsum("ku,buv,lv->bkl", a_h, m, a_w)
+    cols = torch.logsumexp(m[:, :, None, :] + a_w.log()[None, None], dim=-1)  # [B, h', g]
+    return torch.logsumexp(a_h.log()[None, :, :, None] + cols[:, None], dim=2)  # [B, g, g]
 
 
 def select_cells(scores: torch.Tensor, strategy: str = "topk", k: int = 36, ratio: float = 0.15,
@@ -94,7 +156,8 @@ def select_cells(scores: torch.Tensor, strategy: str = "topk", k: int = 36, rati
     """Eq. 8's tau: which cells form the region mask. [B, g, g] -> bool [B, g, g]
 
     ``topk``: exactly k cells, ties to the lower flat index; ``ratio``: the top round(ratio * g^2) cells (at
-    least 1); ``threshold``: cells >= t after per-sample min-max scaling.
+    least 1); both use only the order of ``scores`` (log-scores give the same cells). ``threshold``: cells >= t
+    after per-sample min-max scaling of the scores themselves.
     """
     b, g, _ = scores.shape
     flat = scores.reshape(b, g * g)
@@ -104,9 +167,9 @@ def select_cells(scores: torch.Tensor, strategy: str = "topk", k: int = 36, rati
     if strategy == "ratio":
         k = max(1, round(ratio * g * g))
     elif strategy != "topk":
-        raise ValueError(f"rvls2m.strategy={strategy!r}: use one of {', '.join(STRATEGIES)}")
+        raise RVLS2MSettingError(f"rvls2m.strategy={strategy!r}: use one of {', '.join(STRATEGIES)}")
     if not 0 < k <= g * g:
-        raise ValueError(f"rvls2m.k={k} must be in [1, {g * g}] for a {g}x{g} grid")
+        raise RVLS2MSettingError(f"rvls2m.k={k} must be between 1 and {g * g} for a {g}x{g} grid")
     # A stable descending sort keeps equal scores in index order, so ties go to the lower flat index.
     order = torch.sort(flat, dim=-1, descending=True, stable=True).indices[:, :k]
     cells = torch.zeros_like(flat, dtype=torch.bool)
@@ -114,13 +177,18 @@ def select_cells(scores: torch.Tensor, strategy: str = "topk", k: int = 36, rati
     return cells.view(b, g, g)
 
 
-def region_mask(image_states: torch.Tensor, seg: torch.Tensor, cfg: RVLS2MConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Algorithm 1 (after phi): cells ``bool [B, g, g]`` and their scores ``[B, g, g]``.
+def region_mask(image_states: torch.Tensor, seg: torch.Tensor, cfg: RVLS2MConfig) -> Region:
+    """Algorithm 1 (after phi): the cells, their region scores and the similarities (see :class:`Region`).
 
     image_states: [B, n, d]; seg: [B, d] (both already phi-projected, or both raw).
     """
-    scores = region_scores(normalize(similarity(image_states, seg), cfg.normalize), cfg.grid)
-    return select_cells(scores, cfg.strategy, cfg.k, cfg.ratio, cfg.threshold), scores
+    # float64: distinct float32 similarities stay distinct after subtracting softmax's log-normaliser.
+    sim = similarity(image_states.double(), seg.double())
+    log = cfg.normalize == "softmax"
+    scores = region_scores(normalize(sim, cfg.normalize), cfg.grid, log=log)
+    # threshold scales the cell means themselves, not their logs; topk/ratio see only the order.
+    by = scores.exp() if log and cfg.strategy == "threshold" else scores
+    return Region(select_cells(by, cfg.strategy, cfg.k, cfg.ratio, cfg.threshold), scores, sim)
 
 
 def _axis_cells(length: torch.Tensor, view_start: torch.Tensor, view_len: torch.Tensor, scale: torch.Tensor,

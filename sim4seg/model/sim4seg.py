@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from segment_anything.modeling import Sam
 from torch import nn
+from torch.func import functional_call
 from transformers import LlavaForConditionalGeneration
 
 from sim4seg.model import rvls2m
@@ -31,8 +32,10 @@ def text_hidden_fcs(hidden: int, prompt_dim: int) -> nn.Sequential:
 class Decoded:
     """Masks for the [SEG] tokens of one image.
 
-    logits: [s, H, W] at the original resolution; iou: SAM's predicted IoU [s]; embeds: phi([SEG]) [s, P]; cells: region masks
-    bool [s, g, g] (None when RVLS2M is off); scores: the cells' region scores [s, g, g] (or None).
+    logits: [s, H, W] at the original resolution (fp32); iou: SAM's predicted IoU [s]; embeds: phi([SEG]) [s, P];
+    cells: region masks bool [s, g, g] (None when RVLS2M is off); scores: the cells' region scores [s, g, g] (log
+    scores for softmax, see rvls2m.region_mask; or None); sim_std: the spread of Eq. 4's similarities per [SEG]
+    [s] (or None): where it is large, the pooled softmax is what decides the cells.
     """
 
     logits: torch.Tensor
@@ -40,6 +43,7 @@ class Decoded:
     embeds: torch.Tensor  # phi([SEG] states) [s, P], to decode more candidates (test-time scaling)
     cells: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    sim_std: torch.Tensor | None = None
 
 
 @dataclass
@@ -94,7 +98,7 @@ class Sim4Seg(nn.Module):
         """
         s = seg_embeds.shape[0]
         if s == 0:  # no [SEG]: no mask, and nothing for the decoder to do
-            z = seg_embeds.new_zeros((0, *orig_hw))
+            z = seg_embeds.new_zeros((0, *orig_hw), dtype=torch.float32)
             return z, seg_embeds.new_zeros((0,))
         pe = self.sam.prompt_encoder
         with torch.no_grad():  # the prompt encoder is frozen and the region mask is not differentiable
@@ -113,7 +117,8 @@ class Sim4Seg(nn.Module):
                                              sparse_prompt_embeddings=sparse,
                                              dense_prompt_embeddings=dense.to(seg_embeds.dtype),
                                              multimask_output=False)
-        masks = self.sam.postprocess_masks(low_res, tuple(resize_hw), tuple(orig_hw))
+        # Upsample and threshold in fp32, as LISA does: bf16 interpolation moves the mask boundary.
+        masks = self.sam.postprocess_masks(low_res.float(), tuple(resize_hw), tuple(orig_hw))
         return masks[:, 0], iou[:, 0]
 
     # ---- RVLS2M ------------------------------------------------------------------------------------------
@@ -121,26 +126,33 @@ class Sim4Seg(nn.Module):
         return self.rvls2m.enabled and not (self.rvls2m.at_inference_only and self.training)
 
     @torch.no_grad()
-    def region_cells(self, image_states: torch.Tensor, seg_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Algorithm 1 for s [SEG] tokens. image_states: [s, n, H]; seg_states: [s, H] -> cells, scores [s, g, g]"""
+    def region_cells(self, image_states: torch.Tensor, seg_states: torch.Tensor) -> rvls2m.Region:
+        """Algorithm 1 for s [SEG] tokens. image_states: [s, n, H]; seg_states: [s, H] -> cells, scores [s, g, g]
+        and similarities [s, n]. phi runs in fp32 here whatever the model dtype: in bf16 its rounding differs
+        between a cached generation step and a teacher-forced pass enough to swap cells."""
+        image_states, seg_states = image_states.float(), seg_states.float()
         if self.rvls2m.project:
-            image_states, seg_states = self.text_hidden_fcs(image_states), self.text_hidden_fcs(seg_states)
-        return rvls2m.region_mask(image_states.float(), seg_states.float(), self.rvls2m)
+            fp32 = {n: p.float() for n, p in self.text_hidden_fcs.named_parameters()}
+            image_states = functional_call(self.text_hidden_fcs, fp32, image_states)
+            seg_states = functional_call(self.text_hidden_fcs, fp32, seg_states)
+        return rvls2m.region_mask(image_states, seg_states, self.rvls2m)
 
     def segment(self, image_embeddings: torch.Tensor, image_states: torch.Tensor, seg_states: torch.Tensor,
                 seg_batch: torch.Tensor, resize_hw: Sequence, orig_hw: Sequence) -> list[Decoded]:
         """Masks for every [SEG]. image_embeddings: [B, P, E, E]; image_states: [B, n, H];
         seg_states: [S, H] with seg_batch [S] the image index of each -> one Decoded per image."""
         seg_embeds = self.text_hidden_fcs(seg_states)
-        cells = scores = None
+        region = sim_std = None
         if self.use_rvls2m() and seg_states.shape[0]:
-            cells, scores = self.region_cells(image_states[seg_batch], seg_states)
+            region = self.region_cells(image_states[seg_batch], seg_states)
+            sim_std = region.similarity.std(dim=-1, correction=0).float()  # [S]
         out = []
         for b in range(image_embeddings.shape[0]):  # SAM's decoder takes one image with its prompts per call
             sel = (seg_batch == b).nonzero(as_tuple=True)[0]
-            c = None if cells is None else cells[sel]
+            c = None if region is None else region.cells[sel]
             logits, iou = self.decode(image_embeddings[b], seg_embeds[sel], c, resize_hw[b], orig_hw[b])
-            out.append(Decoded(logits, iou, seg_embeds[sel], c, None if scores is None else scores[sel]))
+            extra = {} if region is None else {"scores": region.scores[sel], "sim_std": sim_std[sel]}
+            out.append(Decoded(logits, iou, seg_embeds[sel], c, **extra))
         return out
 
     # ---- LVLM side ---------------------------------------------------------------------------------------
