@@ -13,7 +13,7 @@ trainable set (lm_head, embed_tokens, phi, mask decoder), RVLS2M on (paper setti
 
 Configurations, each in its own subprocess (an OOM or crash is printed and the next one runs):
   train gc=on / gc=off   20 steps at micro-batch 2 through DeepSpeed ZeRO-2 (deepspeed.initialize with a
-                         client fused AdamW, bf16, sim4seg.train.ds_config) -- exactly sim4seg.train's step:
+                         client fused AdamW, bf16, sim4seg.training.optim.initialize) -- exactly the training step:
                          engine(batch) -> engine.backward(total) -> engine.step(); synthetic CoT samples with
                          1024x1280 images. Reported: median step time (after 3 warm-up steps), samples/s,
                          tokens/s (attention-masked tokens incl. the 256 image tokens), peak memory, MFU.
@@ -214,10 +214,10 @@ def run_train(args, grad_ckpt: bool) -> dict:
     import torch
 
     from sim4seg.runtime import device, init_distributed
-    from sim4seg.train import ds_config, to_device
+    from sim4seg.training.batches import to_device
+    from sim4seg.training.optim import initialize
 
     init_distributed()  # chooses DeepSpeed's accelerator (cpu without CUDA) before deepspeed is used
-    import deepspeed
 
     dev = device()
     torch.manual_seed(0)
@@ -225,21 +225,7 @@ def run_train(args, grad_ckpt: bool) -> dict:
     run.train.micro_batch, run.train.grad_accum = args.micro_batch, 1
     counts = param_counts(model)
     batches = make_batches(proc, args.micro_batch, 4, args.tiny)
-    params = [p for p in model.parameters() if p.requires_grad]
-    t = run.train
-    opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
-                            fused=dev.type == "cuda")
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, model_parameters=params,
-                                           config=ds_config(run, 1, args.steps))
-    note = None
-    pe = engine.module.sam.prompt_encoder
-    if any(p.dtype != torch.float32 for p in pe.parameters()):
-        # DeepSpeed's bf16 engine casts every parameter, including the frozen prompt encoder the builder keeps in
-        # fp32; its mask_downscaling conv then gets RVLS2M's float32 mask prompt and fails. Restore fp32 (frozen:
-        # not in the optimizer) so the check measures speed; sim4seg.train needs the same fix.
-        note = "DeepSpeed bf16 cast the frozen SAM prompt encoder to bf16 (fails with RVLS2M's fp32 mask prompt); restored fp32"
-        log(f"note: {note}")
-        pe.float()
+    engine, _ = initialize(model, run, 1, args.steps, dev)  # training's AdamW, DeepSpeed config, fp32 prompt encoder
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
     engine.train()
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -272,8 +258,6 @@ def run_train(args, grad_ckpt: bool) -> dict:
            "mfu": f_lm / step_s / peak if peak else None, "mfu_with_encoders": f_all / step_s / peak if peak else None,
            "peak_mem_gb": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
            "loss_first": losses[0], "loss_last": losses[-1], "params": counts, "step_times": times}
-    if note:
-        res["note"] = note
     return res
 
 
@@ -282,7 +266,7 @@ def run_generate(args) -> dict:
 
     from sim4seg.bench import lisa_no_cache_generate
     from sim4seg.runtime import device
-    from sim4seg.train import to_device
+    from sim4seg.training.batches import to_device
 
     dev = device()
     torch.manual_seed(0)

@@ -409,11 +409,12 @@ class TrainHarness:
         import sim4seg.model.rvls2m as rvls2m_mod
         import sim4seg.model.sim4seg as sim4seg_mod
         from sim4seg.model.embedding_cache import EmbeddingCache
+        from sim4seg.training.optim import build_optimizer
 
         self.model = model.train()
         t = cfg.train
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.opt = build_optimizer(self.params, t, torch.device("cpu"))
         self.clip = t.grad_clip
         self.cache = EmbeddingCache(cache_dir, model.sam.image_encoder)
         self.timer = Timer()
@@ -463,7 +464,7 @@ class TrainHarness:
         self._undo.clear()
 
     def step(self, next_batch: Callable[[], dict], use_cache: bool) -> dict[str, float]:
-        from sim4seg.train import to_device
+        from sim4seg.training.batches import to_device
 
         tm, model = self.timer, self.model
         tm.reset()

@@ -74,7 +74,7 @@ def make_mode(args: argparse.Namespace) -> Mode:
 
 def train_run(mode: Mode, exp: str, extra: tuple[str, ...] = ()) -> Path:
     """Train experiment ``exp`` unless its run directory is finished; returns the run directory."""
-    from sim4seg.train import train
+    from sim4seg.training import train
 
     run = mode.out / "runs" / exp
     if (run / "trainable.safetensors").exists():

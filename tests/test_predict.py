@@ -12,7 +12,7 @@ from PIL import Image
 
 from sim4seg.cli import main
 from sim4seg.data.synthetic import write_synthetic
-from sim4seg.train import train
+from sim4seg.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSI = ROOT.parent / "shared" / "realdata" / "busi" / "Dataset_BUSI_with_GT" / "benign" / "benign (1).png"

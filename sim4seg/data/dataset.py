@@ -6,17 +6,25 @@ import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from sim4seg.data.io import DEFAULT_MAX_PIXELS, load_image, load_mask
 from sim4seg.data.prompts import ANSWER_FORMATS, answer_for
 from sim4seg.data.schema import Record, RecordError, iter_records, validate_record
-from sim4seg.data.transforms import Processor
 from sim4seg.data.vocab import Subset, load_vocabulary
 from sim4seg.errors import UserError
+from sim4seg.model.processor import Processor
 
 ON_ERROR = ("skip", "raise")
+COT_HINT = ("fill the CoTs with `sim4seg data cot --data DIR --assistant SPEC --critic SPEC --max-rounds R` "
+            "(data/README.md) or train with data.answer_format=diagnosis")
+
+
+def lacking_answers(records: Sequence[Record], answer_format: str) -> list[Record]:
+    """The records that cannot give an answer in ``answer_format`` (``cot`` without a CoT)."""
+    return [r for r in records if answer_for(answer_format, r.id, r.diagnosis, r.cot) is None]
 
 
 def select_records(root: str | Path, split: str, include_subsets: Sequence[str] | None = None,
@@ -79,24 +87,36 @@ class M3DSDataset(Dataset):
         self.processor, self.answer_format, self.on_error = processor, answer_format, on_error
         self.max_pixels, self.with_answer = max_pixels, with_answer
         if on_error == "raise":  # stop before the first step, not in the middle of an epoch
-            for rec in self.records:
-                try:
-                    self.load(rec)
-                except RecordError as e:
-                    raise UserError(str(e)) from None
+            self.precheck()
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def load(self, rec: Record) -> dict:
-        image = load_image(self.root / rec.image, self.max_pixels)
-        mask = load_mask(self.root / rec.mask, image.shape[:2], self.max_pixels)
+    def precheck(self) -> None:
+        """Raise the first problem any record would hit when loaded: answer, files, sizes, mask values and token
+        length. The image transforms (CLIP view, SAM frame) are not run: they cannot fail on a decoded image."""
+        for rec in self.records:
+            try:
+                _, _, answer = self.read(rec)
+                self.processor.tokens(rec.query, answer)
+            except RecordError as e:
+                raise UserError(str(e)) from None
+            except ValueError as e:  # too many tokens
+                raise UserError(f"record {rec.id!r}: {e}") from None
+
+    def read(self, rec: Record) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """(RGB image [H, W, 3], bool mask [H, W], answer or None) of a record; :class:`RecordError` if unusable."""
         answer = None
         if self.with_answer:
             answer = answer_for(self.answer_format, rec.id, rec.diagnosis, rec.cot)
             if answer is None:
-                raise RecordError(f"record {rec.id!r} has no CoT; fill it with `sim4seg data cot` or train with "
-                                  "data.answer_format=diagnosis")
+                raise RecordError(f"record {rec.id!r} has no CoT; {COT_HINT}")
+        image = load_image(self.root / rec.image, self.max_pixels)
+        mask = load_mask(self.root / rec.mask, image.shape[:2], self.max_pixels)
+        return image, mask, answer
+
+    def load(self, rec: Record) -> dict:
+        image, mask, answer = self.read(rec)
         try:
             sample = self.processor.sample(image, rec.query, answer, mask, rec.id)
         except ValueError as e:
@@ -115,8 +135,9 @@ class M3DSDataset(Dataset):
 
 
 class ResumableSampler(Sampler[int]):
-    """Epoch-seeded order (a permutation, or a weighted draw that mixes subsets), sharded over ranks, that can
-    start mid-epoch: a resumed run sees exactly the samples the interrupted run had not seen yet."""
+    """Epoch-seeded order (a permutation, or a weighted draw that mixes subsets), sharded over ranks: the same
+    epoch gives the same order, so a resumed run can continue where the interrupted one stopped
+    (``sim4seg.training.batches``)."""
 
     def __init__(self, subsets: Sequence[str], seed: int, rank: int = 0, world: int = 1,
                  weights: dict[str, float] | None = None):
@@ -125,11 +146,10 @@ class ResumableSampler(Sampler[int]):
         unknown = set(self.weights) - set(self.subsets)
         if unknown:
             raise UserError(f"data.subset_weights names {sorted(unknown)} with no records in this split")
-        self.epoch, self.start = 0, 0
+        self.epoch = 0
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """``start``: number of this rank's samples of the epoch already consumed."""
-        self.epoch, self.start = epoch, start
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def order(self) -> list[int]:
         n = len(self.subsets)
@@ -145,10 +165,10 @@ class ResumableSampler(Sampler[int]):
         return idx[self.rank::self.world]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.start:])
+        return iter(self.order())
 
     def __len__(self) -> int:
-        return math.ceil(len(self.subsets) / self.world) - self.start
+        return math.ceil(len(self.subsets) / self.world)
 
 
 def collate(processor: Processor, samples: list[dict], left_pad: bool = False) -> dict:

@@ -10,16 +10,16 @@ seeded random init of the tiny and demo presets. Only safetensors are read here:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from sim4seg.data.transforms import Processor
 from sim4seg.errors import UserError
+from sim4seg.jsonl import atomic_write_json
 from sim4seg.model.builder import build_model
+from sim4seg.model.processor import Processor
 from sim4seg.model.sim4seg import Sim4Seg
 
 TRAINABLE = "trainable.safetensors"
@@ -28,10 +28,8 @@ FINISHED = "finished.json"
 
 def write_finished(run_dir: str | Path, steps_done: int, steps_planned: int) -> None:
     """Record that training took ``steps_done`` of ``steps_planned`` optimizer steps; the run's last write."""
-    path = Path(run_dir) / FINISHED
-    tmp = path.with_name(f".{FINISHED}.tmp")
-    tmp.write_text(json.dumps({"steps_done": int(steps_done), "steps_planned": int(steps_planned)}) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(Path(run_dir) / FINISHED, {"steps_done": int(steps_done), "steps_planned": int(steps_planned)},
+                      indent=None)
 
 
 def require_finished(run_dir: str | Path) -> None:
