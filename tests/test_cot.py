@@ -338,3 +338,30 @@ def test_damaged_files_are_one_line_errors(tmp_path: Path, capsys) -> None:
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {data / 'records.jsonl'}:3: not UTF-8 text") and "\n" not in err
+
+
+def test_negatives_get_a_normal_cot(tmp_path: Path) -> None:
+    """Negatives (mask null, diagnosis ["normal"]) are filled like the others, their CoT ending in "normal" even in
+    subsets without a "normal" label, and the review page shows them without a mask."""
+    data = tmp_path / "ds"
+    write_synthetic(data, 8, seed=0, progress=False, negatives=0.5)
+    path = data / "records.jsonl"
+    recs = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    for r in recs.values():
+        r["cot"] = None
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs.values()))
+    negatives = [rid for rid, r in recs.items() if r["mask"] is None]
+    assert negatives and any("normal" not in SYNTH_SUBSETS[recs[rid]["subset"]].labels for rid in negatives)
+
+    def reply(r: ChatRequest) -> str:
+        rec = recs[r.record_id]
+        return cot_for(SYNTH_SUBSETS[rec["subset"]], [] if rec["mask"] is None else rec["diagnosis"])
+
+    asst = Scripted(reply)
+    s = generate_cots(data, asst, Scripted(lambda r: "ACCEPT"), max_rounds=1, progress=False)
+    assert (s.accepted, s.failed) == (8, 0)
+    assert all(_cots(data)[rid].endswith("the diagnosis is normal.") for rid in negatives)
+    sub = SYNTH_SUBSETS[recs[negatives[0]]["subset"]]
+    assert "states normal" in check_cot(cot_for(sub, []), [sub.labels[0]], sub)  # normal is wrong for a positive
+    page = export_review(data, tmp_path / "review", status="all")[0].with_suffix(".html").read_text()
+    assert page.count("negative: no finding, no mask") == len(negatives) and 'class="err"' not in page

@@ -18,10 +18,10 @@ from sim4seg.cli import main
 from sim4seg.data.cot import ChatRequest, generate_cots
 from sim4seg.data.cot.hf_backend import HFBackend
 from sim4seg.data.cot.store import CotState
-from sim4seg.data.prompts import prompt_text
 from sim4seg.data.schema import iter_records
 from sim4seg.data.synthetic import write_synthetic
 from sim4seg.errors import UserError
+from sim4seg.model.prompt_formats import lisa_v1_text
 from sim4seg.model.tokenizer import build_tiny_tokenizer
 
 QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -37,8 +37,10 @@ CLIP_SIZE, CLIP_PATCH = 16, 4
 QWEN_PIXELS = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 16}
 
 
-def _save_llava(out: Path) -> None:
-    """Model + tokenizer + CLIP image processor, no processor_config.json (LISA-style folder)."""
+def _save_llava(out: Path, template: bool) -> None:
+    """Model + tokenizer (with its chat template or, as LISA's releases, none) + CLIP image processor, no
+    processor_config.json."""
+    from tokenizers import processors
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -48,6 +50,11 @@ def _save_llava(out: Path) -> None:
     )
 
     tok = build_tiny_tokenizer()
+    # like Llama's tokenizers, encoding adds BOS (the tiny tokenizer's template writes one too)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    if not template:
+        tok.chat_template = None
     conf = LlavaConfig(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                        image_size=CLIP_SIZE, patch_size=CLIP_PATCH),
@@ -96,16 +103,18 @@ def _save_qwen(out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
-    """``llava``: no processor config, no template; ``llava_template``: the same plus a saved LlavaProcessor with a
-    chat template; ``qwen2_5_vl``: the full Qwen2.5-VL folder."""
+    """``llava``: no processor config, the tokenizer's chat template; ``llava_lisa``: no template at all;
+    ``llava_template``: a saved LlavaProcessor with its own chat template; ``qwen2_5_vl``: the full Qwen2.5-VL
+    folder."""
     from transformers import AutoImageProcessor, AutoTokenizer, LlavaProcessor
 
     root = tmp_path_factory.mktemp("hf_models")
-    out = {"llava": root / "llava", "llava_template": root / "llava_template", "qwen2_5_vl": root / "qwen"}
-    _save_llava(out["llava"])
-    shutil.copytree(out["llava"], out["llava_template"])
-    LlavaProcessor(image_processor=AutoImageProcessor.from_pretrained(out["llava"]),
-                   tokenizer=AutoTokenizer.from_pretrained(out["llava"]), patch_size=CLIP_PATCH,
+    out = {k: root / k for k in ("llava", "llava_lisa", "llava_template", "qwen2_5_vl")}
+    _save_llava(out["llava"], template=True)
+    _save_llava(out["llava_lisa"], template=False)
+    shutil.copytree(out["llava_lisa"], out["llava_template"])
+    LlavaProcessor(image_processor=AutoImageProcessor.from_pretrained(out["llava_lisa"]),
+                   tokenizer=AutoTokenizer.from_pretrained(out["llava_lisa"]), patch_size=CLIP_PATCH,
                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                    chat_template=LLAVA_TEMPLATE).save_pretrained(out["llava_template"])
     _save_qwen(out["qwen2_5_vl"])
@@ -151,7 +160,7 @@ def _greedy_without_cache(backend: HFBackend, enc: dict, steps: int) -> list[lis
     return rows
 
 
-@pytest.mark.parametrize("kind", ["llava", "llava_template", "qwen2_5_vl"])
+@pytest.mark.parametrize("kind", ["llava", "llava_lisa", "llava_template", "qwen2_5_vl"])
 def test_hf_backend_generates_for_both_families(folders, kind: str) -> None:
     max_new = 6
     backend = HFBackend(folders[kind], max_new_tokens=max_new)
@@ -162,16 +171,24 @@ def test_hf_backend_generates_for_both_families(folders, kind: str) -> None:
     reqs = _requests()
 
     prompt = backend.prompt(reqs[0].text)
-    if kind == "llava":  # no template in the folder: the LLaVA-v1 conversation
-        assert prompt == prompt_text(reqs[0].text)
-        assert backend.processor.patch_size == CLIP_PATCH  # completed from the model config
+    if kind == "llava":  # the tokenizer's template (the tiny tokenizer's plain one)
+        assert prompt == f"<s>USER: <image>\n{reqs[0].text}\nASSISTANT:"
+    elif kind == "llava_lisa":  # no template in the folder: LISA's LLaVA-v1 conversation
+        assert prompt == lisa_v1_text(reqs[0].text)
     elif kind == "llava_template":
         assert prompt == f"USER: <image>\n{reqs[0].text} ASSISTANT:"
     else:
         assert prompt == (f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{reqs[0].text}<|im_end|>\n"
                           "<|im_start|>assistant\n")
 
+    if kind in ("llava", "llava_lisa"):
+        assert backend.processor.patch_size == CLIP_PATCH  # no processor config: completed from the model config
     enc = backend.encode(reqs)
+    if family == "llava":  # one BOS, first, whether the template or the tokenizer writes it
+        bos = backend.tokenizer.bos_token_id
+        for ids, mask in zip(enc["input_ids"], enc["attention_mask"], strict=True):
+            real = ids[mask.bool()].tolist()
+            assert real[0] == bos and real.count(bos) == 1
     image_id = backend.processor.image_token_id
     assert (enc["input_ids"] == image_id).sum(1).tolist() == [_image_tokens(kind, r.image) for r in reqs]
     assert enc["attention_mask"][0, 0] == 0 and bool(enc["attention_mask"][:, -1].all())  # left padding

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from sim4seg.data.cot.chat import Backend, redact
-from sim4seg.data.cot.hf_backend import HFBackend
 from sim4seg.data.cot.openai_backend import OpenAIBackend
 from sim4seg.errors import UserError
 
@@ -19,6 +18,8 @@ def make_backend(spec: str, max_new_tokens: int = 256, temperature: float = 0.0,
     if not sep or not rest:
         raise UserError(f"backend spec {redact(spec)!r}: use hf:/path/to/model-dir or openai:http://host:port/v1#model")
     if kind == "hf":
+        from sim4seg.data.cot.hf_backend import HFBackend  # transformers: only when a local model is asked for
+
         return HFBackend(rest, max_new_tokens, temperature, device, trust_remote_code)
     if kind == "openai":
         url, _, model = rest.partition("#")

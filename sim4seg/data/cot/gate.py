@@ -4,11 +4,13 @@ prompts, the rule gate (:func:`check_cot`) and the critic's verdict (:func:`pars
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
-from sim4seg.data.prompts import IMAGE_TOKEN, SEG_TOKEN, join_labels
-from sim4seg.data.schema import Record
+from sim4seg.data.prompts import join_labels
+from sim4seg.data.schema import NORMAL, Record
 from sim4seg.data.vocab import Subset
 from sim4seg.metrics import diagnosis_correct, extract_labels
+from sim4seg.model.tokens import IMAGE_TOKEN, SEG_TOKEN
 
 
 def diagnosis_text(rec: Record) -> str:
@@ -87,6 +89,8 @@ def check_cot(cot: str, diagnosis: list[str], subset: Subset) -> str | None:
     for (word, _), (_, end), (nxt, _) in zip(_PARTS[:2], starts[:2], starts[1:], strict=True):
         if len(re.findall(r"\w+", cot[end:nxt])) < _MIN_PART_WORDS:
             return f"the \"{word.capitalize()}\" sentence is too short"
+    if NORMAL not in subset.labels:  # a negative's CoT ends in "normal", a diagnosis of every subset
+        subset = replace(subset, labels=(*subset.labels, NORMAL))
     if not diagnosis_correct(cot, diagnosis, subset, fmt="cot"):
         stated = extract_labels(cot, subset, fmt="cot")
         said = join_labels(stated, "and") if stated else "no diagnosis"

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sim4seg.data.cot.chat import MAX_IMAGE_SIDE, ChatRequest, fit_side, one_line
-from sim4seg.data.prompts import prompt_text
 from sim4seg.errors import UserError
+from sim4seg.model.prompt_formats import lisa_v1_text
 
 if TYPE_CHECKING:
     import torch
@@ -44,8 +44,9 @@ class HFBackend:
     """A local LLaVA- or Qwen2.5-VL-format model and its processor. Batched generation with left padding,
     greedy unless ``temperature > 0``.
 
-    The prompt is the processor's chat template with one image and the text. A LLaVA folder without a template
-    (LISA's releases) gets the LLaVA-v1 conversation, and a LLaVA processor saved without ``patch_size`` (only
+    The prompt is the folder's chat template (the processor's, else the tokenizer's) with one image and the text.
+    A LLaVA folder without a template
+    (LISA's releases) gets LISA's LLaVA-v1 conversation, and a LLaVA processor saved without ``patch_size`` (only
     tokenizer + image processor in the folder) is completed from the model config; a Qwen2.5-VL folder must
     ship its template, as the official releases do.
     """
@@ -79,9 +80,9 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        template = getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
-        self.use_chat_template = bool(template)
-        if not template and self.family != "llava":
+        # the processor's template, else the tokenizer's (folders saved without a processor config)
+        self.chat_template = getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template
+        if not self.chat_template and self.family != "llava":
             raise UserError(f"hf backend: {path} has no chat template (chat_template.jinja, chat_template.json or "
                             f"tokenizer_config.json); a {FAMILIES[self.family]} model needs the one it was "
                             "trained with")
@@ -116,10 +117,11 @@ class HFBackend:
 
     def prompt(self, text: str) -> str:
         """The full prompt of one request, holding the processor's single image placeholder."""
-        if self.use_chat_template:
+        if self.chat_template:
             conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-            return self.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
-        return prompt_text(text)
+            return self.processor.apply_chat_template(conv, chat_template=self.chat_template,
+                                                      add_generation_prompt=True, tokenize=False)
+        return lisa_v1_text(text)
 
     def encode(self, batch: list[ChatRequest]) -> dict[str, Any]:
         """Processor inputs on the model's device: ``input_ids`` / ``attention_mask`` ``[B, L]`` (left padded,
@@ -131,8 +133,10 @@ class HFBackend:
         if missing:
             raise ValueError(f"hf backend: request(s) {missing} carry no image")
         images = [Image.fromarray(fit_side(r.image, MAX_IMAGE_SIDE)) for r in batch]
-        inputs = self.processor(images=images, text=[self.prompt(r.text) for r in batch], return_tensors="pt",
-                                padding=True)
+        texts = [self.prompt(r.text) for r in batch]
+        bos = self.tokenizer.bos_token  # a template that writes BOS must not get a second one (as transformers)
+        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True,
+                                add_special_tokens=not (bos and texts[0].startswith(bos)))
         inputs = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return inputs

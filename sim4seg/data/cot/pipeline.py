@@ -16,7 +16,7 @@ from sim4seg.data.cot.backends import make_backend
 from sim4seg.data.cot.chat import Backend, ChatRequest, redact
 from sim4seg.data.cot.gate import assistant_prompt, check_cot, clean_cot, critic_prompt, parse_verdict
 from sim4seg.data.cot.store import CotState, RecordsFile
-from sim4seg.data.schema import Record, RecordError, resolve_path
+from sim4seg.data.schema import Record, RecordError, resolve_path, validate_record
 from sim4seg.data.vocab import Subset, load_vocabulary
 from sim4seg.errors import UserError
 
@@ -88,8 +88,8 @@ def generate_cots(data: str | Path, assistant: Backend | str, critic: Backend | 
               file=sys.stderr)
         summary.failed += 1
 
-    def fail(rec: Record, reason: str) -> None:
-        tqdm.write(f"failed: record {rec.id!r}: {reason}", file=sys.stderr)
+    def fail(rec: Record, reason: str) -> None:  # reason: one line naming the record
+        tqdm.write(f"failed: {reason}", file=sys.stderr)
         state.put({"id": rec.id, "status": "failed", "reason": reason, "rounds": 0, "attempts": [], **specs})
         summary.failed += 1
         summary.ids["failed"].append(rec.id)
@@ -106,15 +106,15 @@ def generate_cots(data: str | Path, assistant: Backend | str, critic: Backend | 
                 continue
         if limit is not None and len(pending) >= limit:
             break
-        subset = vocab.get(rec.subset)
-        if subset is None:
-            fail(rec, f"unknown subset {rec.subset!r}; declare it in {root / 'subsets.json'}")
+        try:  # the schema's rules: known subset, labels of it (a negative: ["normal"]), paths inside root
+            validate_record(rec, vocab, root)
+        except RecordError as e:
+            fail(rec, str(e))
             continue
-        bad = [x for x in rec.diagnosis if x not in subset.labels]
-        if not rec.diagnosis or bad:
-            fail(rec, f"diagnosis {rec.diagnosis} is not a list of {rec.subset} labels {list(subset.labels)}")
+        if not rec.diagnosis:
+            fail(rec, f"record {rec.id!r}: the diagnosis is empty; a CoT must end in it")
             continue
-        pending.append((rec, subset))
+        pending.append((rec, vocab[rec.subset]))
 
     if not pending:
         if summary.ids["failed"]:
@@ -132,7 +132,7 @@ def generate_cots(data: str | Path, assistant: Backend | str, critic: Backend | 
                 try:
                     image = load_image(resolve_path(root, rec.image, rec.id, "image"))
                 except RecordError as e:
-                    fail(rec, str(e))
+                    fail(rec, f"record {rec.id!r}: {e}")
                     continue
                 items.append(_Item(rec, subset, image))
             _run_rounds(items, asst, crit, max_rounds)

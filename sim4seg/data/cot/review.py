@@ -65,9 +65,10 @@ def _preview(root: Path, rec: Record) -> str:
         image = load_image(resolve_path(root, rec.image, rec.id, "image"))
     except RecordError as e:
         return f'<p class="err">image not shown: {html.escape(str(e))}</p>'
-    mask, note = None, ""
+    mask, note = None, "<p>negative: no finding, no mask</p>" if rec.is_negative else ""
     try:
-        mask = load_mask(resolve_path(root, rec.mask, rec.id, "mask"), image.shape[:2])
+        if not rec.is_negative:
+            mask = load_mask(resolve_path(root, rec.mask, rec.id, "mask"), image.shape[:2])
     except RecordError as e:
         note = f'<p class="err">mask not shown: {html.escape(str(e))}</p>'
     b64 = base64.b64encode(png_bytes(overlay(image, mask))).decode("ascii")
