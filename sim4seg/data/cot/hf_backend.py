@@ -45,10 +45,9 @@ class HFBackend:
     greedy unless ``temperature > 0``.
 
     The prompt is the folder's chat template (the processor's, else the tokenizer's) with one image and the text.
-    A LLaVA folder without a template
-    (LISA's releases) gets LISA's LLaVA-v1 conversation, and a LLaVA processor saved without ``patch_size`` (only
-    tokenizer + image processor in the folder) is completed from the model config; a Qwen2.5-VL folder must
-    ship its template, as the official releases do.
+    A LLaVA folder without a template (LISA's releases) gets LISA's LLaVA-v1 conversation, and a LLaVA processor
+    saved without ``patch_size`` (only tokenizer + image processor in the folder) is completed from the model
+    config; a Qwen2.5-VL folder must ship its template, as the official releases do.
     """
 
     def __init__(self, path: str | Path, max_new_tokens: int = 256, temperature: float = 0.0,
