@@ -289,7 +289,8 @@ DIAGNOSIS_ROWS = [
     ("There is no evidence of fracture.", ["fracture"], "FracAtlas", "auto", False),
     ("It is [SEG]. The diagnosis is effusion without nodule.", ["effusion"], "ChestX-Det", "auto", True),
     ("It is [SEG]. No effusion or nodule; the diagnosis is mass.", ["mass"], "ChestX-Det", "auto", True),
-    ("Non-malignant lesion.", ["benign"], "BUSI", "auto", False),  # a hyphenated compound is one word
+    ("Non-malignant lesion.", ["benign"], "BUSI", "auto", True),  # "non" negates, and states the opposite
+    ("Non-malignant lesion.", ["malignant"], "BUSI", "auto", False),
     # synonyms
     ("It is [SEG]. The diagnosis is cancerous.", ["malignant"], "BUSI", "auto", True),
     ("The nodule is non-cancerous.", ["benign"], "TN3K", "auto", True),
@@ -318,14 +319,16 @@ DIAGNOSIS_ROWS = [
     # CoT: only the text after the last "Finally" counts
     (COT, ["benign"], "BUSI", "cot", True),
     (COT, ["benign"], "BUSI", "auto", True),
-    (COT, ["benign"], "BUSI", "diagnosis", False),  # after [SEG] the reasoning mentions malignant too
+    (COT, ["benign"], "BUSI", "diagnosis", True),  # after [SEG]: "could suggest malignant" is a hedge
     ("It is [SEG]. Finally I checked the margins, which looked benign. Finally, the lesion is malignant.",
      ["malignant"], "BUSI", "cot", True),
     ("It is [SEG]. Benign features dominate. The lesion is malignant.", ["malignant"], "BUSI", "cot", True),
     # diagnosis format: the text after the last [SEG]
     ("It is [SEG]. The diagnosis is benign.", ["benign"], "ISBI", "diagnosis", True),
     ("The mass could be malignant. It is [SEG]. The diagnosis is benign.", ["benign"], "BUSI", "diagnosis", True),
-    ("The diagnosis is benign. It is [SEG].", ["benign"], "BUSI", "diagnosis", False),  # nothing after [SEG]
+    ("The diagnosis is benign. It is [SEG].", ["benign"], "BUSI", "diagnosis", True),  # nothing after: before
+    ("The diagnosis is benign. [SEG].", ["benign"], "BUSI", "diagnosis", True),
+    ("The diagnosis is benign. [SEG].", ["benign"], "BUSI", "auto", True),
     # last sentence when there is no marker
     ("Benign lesions are common. This one is malignant.", ["malignant"], "TN3K", "auto", True),
     # no diagnosis at all
@@ -382,10 +385,11 @@ def test_phrases_do_not_match_across_clause_punctuation() -> None:
     assert extract_labels("No effusion, or nodule; mass.", cxd) == ["mass"]  # negation carries over "or"
 
 
-def test_negation_window_is_three_words() -> None:
+def test_negation_reaches_through_its_clause() -> None:
     frac = M3DS_SUBSETS["FracAtlas"]
     assert extract_labels("There is no sign of fracture.", frac) == []
-    assert extract_labels("There is no sign of any fracture.", frac) == ["fracture"]  # "no" is 4 words back
+    assert extract_labels("There is no sign at all of any fracture.", frac) == []
+    assert extract_labels("There is no displacement and the fracture is healing.", frac) == ["fracture"]
     assert extract_labels("No, a fracture.", frac) == ["fracture"]  # the comma ends the negation
     assert extract_labels("No, it is benign.", M3DS_SUBSETS["BUSI"]) == ["benign"]
 
@@ -394,7 +398,10 @@ def test_diagnosis_span_rules() -> None:
     assert diagnosis_span(COT, "cot") == "the diagnosis is benign"
     assert diagnosis_span("It is [SEG]. The diagnosis is Benign.", "diagnosis") == "the diagnosis is benign"
     assert diagnosis_span("It is [SEG]. Finally, benign.", "diagnosis") == "finally benign"
-    assert diagnosis_span("First sentence. Second one!  ", "auto") == "second one"
+    assert diagnosis_span("First sentence. Second one!  ", "auto") == "first sentence second one"
+    assert diagnosis_span("The diagnosis is benign. [SEG].", "diagnosis") == "the diagnosis is benign"
+    assert diagnosis_span("It is [SEG]. Benign.", "diagnosis", M3DS_SUBSETS["BUSI"]) == "benign"
+    assert diagnosis_span("Benign. It is [SEG]. Sure.", "diagnosis", M3DS_SUBSETS["BUSI"]) == "benign it is"
     assert diagnosis_span("No marker here", "cot") == "no marker here"
     assert diagnosis_span("Finally, it is [SEG] benign.", "cot") == "it is benign"  # [SEG] is not a word
     with pytest.raises(ValueError, match="answer format 'seg'"):

@@ -1,7 +1,5 @@
-"""Evaluation metrics: segmentation (gIoU, cIoU, Dice) and diagnosis accuracy.
+"""Segmentation metrics: exact mask counting, gIoU, cIoU and Dice (LISA's definitions).
 
-Segmentation (LISA's definitions)
----------------------------------
 Masks are binary: every element must be 0 or 1 (``bool`` or any integer/float dtype holding only 0 and 1);
 anything else raises ``ValueError`` so probabilities or 0/255 masks are not silently miscounted. For one
 (prediction, ground truth) pair, with A and B their foregrounds:
@@ -18,53 +16,17 @@ when ``sum(union) == 0`` (every pair empty/empty: nothing to segment and nothing
 (undefined, and visibly so in a table). Because all three depend only on the per-pair ``(inter, union)``,
 :class:`SegmentationMeter` fed with counts gives exactly the same numbers as :func:`segmentation_scores`
 fed with the masks.
-
-Diagnosis accuracy (our rule; the paper does not publish its own)
-------------------------------------------------------------------
-1. Span. ``fmt="cot"``: the text after the LAST word "finally" (case-insensitive); ``fmt="diagnosis"``:
-   the text after the LAST "[SEG]"; when that marker is absent, or with ``fmt="auto"`` and neither marker
-   present, the last sentence (text after the last ``.``/``!``/``?`` that is followed by whitespace or a
-   newline, ignoring empty trailing pieces). ``fmt="auto"`` uses the cot rule if "finally" occurs, else the
-   after-[SEG] rule if "[SEG]" occurs, else the last sentence. "[SEG]" itself is removed from the span.
-2. Normalisation. Lower case; "n't" becomes " not" ("isn't" -> "is not"); apostrophes are dropped; every
-   other character that is not a letter, digit, whitespace or a hyphen inside a word becomes a space;
-   whitespace is collapsed. A hyphenated compound is ONE word ("non-malignant" is not "malignant").
-   Clause punctuation (``, ; : . ! ? ( ) [ ]``) is remembered as a clause break: phrases never match across
-   it and negation does not reach across it.
-3. Labels. The subset's labels and synonyms form one phrase table (a synonym maps to its canonical
-   label). Phrases are matched on whole words only ("dr" never matches inside "drug"), longest phrase
-   first (by characters), and a matched stretch of words is consumed, so "diffuse nodule" is not also
-   "nodule", "humerus fracture" is not also the synonym "humerus", and "seborrheic keratosis" is not a
-   shorter label.
-4. Negation. A matched label does not count as stated when one of ``no, not, without, non, nor, neither``
-   is among the 3 words before it, in the same clause, and after the previous matched label ("not
-   malignant but benign" states benign). A negation carries to the next label when only "or"/"nor"
-   stand between them, commas allowed ("no effusion, or nodule" negates both).
-5. Correct iff the set of stated labels equals the set of target labels: every target is stated and no
-   other label of the subset is (hedging "benign or malignant" is wrong; no diagnosis at all is wrong).
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from sim4seg.data.vocab import Subset
-
 SEG_SCORE_KEYS = ("gIoU", "cIoU", "Dice")
-DIAGNOSIS_FORMATS = ("auto", "cot", "diagnosis")
-NEGATORS = frozenset({"no", "not", "without", "non", "nor", "neither"})
-NEGATION_WINDOW = 3
-_CARRY_WORDS = frozenset({"or", "nor"})
-
-# ----------------------------------------------------------------------------------------------------------
-# Segmentation
-# ----------------------------------------------------------------------------------------------------------
 
 
 def _torch() -> Any:
@@ -248,146 +210,3 @@ class SegmentationMeter:
         total_u = int(u.sum())
         ciou = int(i.sum()) / total_u if total_u > 0 else 1.0
         return {"gIoU": float(iou.mean()), "cIoU": float(ciou), "Dice": float(dice.mean())}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Diagnosis accuracy
-# ----------------------------------------------------------------------------------------------------------
-
-_FINALLY = re.compile(r"\bfinally\b", re.IGNORECASE)
-_SEG = re.compile(re.escape("[SEG]"), re.IGNORECASE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-_NOT = re.compile(r"n[’']t\b")
-_APOSTROPHE = re.compile(r"[’']")
-_CLAUSE_BREAK = re.compile(r"[,;:.!?()\[\]]")
-# Anything that is not a letter/digit/whitespace/hyphen (underscore counts as punctuation), then hyphens
-# that are not between two word characters.
-_PUNCT = re.compile(r"[^\w\s-]|_")
-_LOOSE_HYPHEN = re.compile(r"(?<![^\W_])-|-(?![^\W_])")
-
-
-def _tokens(text: str) -> tuple[list[str], list[int]]:
-    """Normalised words and, per word, the index of its clause (clauses split on clause punctuation)."""
-    text = _SEG.sub(" ", text.lower())
-    text = _APOSTROPHE.sub("", _NOT.sub(" not", text))
-    words: list[str] = []
-    clauses: list[int] = []
-    for ci, clause in enumerate(_CLAUSE_BREAK.split(text)):
-        clause = _LOOSE_HYPHEN.sub(" ", _PUNCT.sub(" ", clause))
-        for w in clause.split():
-            words.append(w)
-            clauses.append(ci)
-    return words, clauses
-
-
-def normalize_text(text: str) -> str:
-    """Lower case, punctuation stripped (hyphens inside words kept), whitespace collapsed."""
-    return " ".join(_tokens(text)[0])
-
-
-def _check_fmt(fmt: str) -> None:
-    if fmt not in DIAGNOSIS_FORMATS:
-        raise ValueError(f"answer format {fmt!r} is not one of {DIAGNOSIS_FORMATS}")
-
-
-def _last_sentence(text: str) -> str:
-    pieces = [p for p in _SENTENCE_END.split(text) if _tokens(p)[0]]
-    return pieces[-1] if pieces else ""
-
-
-def _raw_span(answer: str, fmt: str) -> str:
-    _check_fmt(fmt)
-    fin = list(_FINALLY.finditer(answer)) if fmt in ("auto", "cot") else []
-    if fin:
-        return answer[fin[-1].end():]
-    seg = list(_SEG.finditer(answer)) if fmt in ("auto", "diagnosis") else []
-    if seg:
-        return answer[seg[-1].end():]
-    return _last_sentence(answer)
-
-
-def diagnosis_span(answer: str, fmt: str = "auto") -> str:
-    """The normalised part of ``answer`` that states the diagnosis (rules: module docstring)."""
-    return normalize_text(_raw_span(answer, fmt))
-
-
-@dataclass(frozen=True)
-class LabelMatch:
-    """One label occurrence: words ``[start, end)`` of the normalised span, and whether it is negated."""
-
-    label: str
-    start: int
-    end: int
-    negated: bool
-
-
-def _phrase_table(vocabulary: Subset) -> dict[tuple[str, ...], str]:
-    table: dict[tuple[str, ...], str] = {}
-    for phrase, label in vocabulary.synonyms.items():
-        table[tuple(_tokens(phrase)[0])] = label
-    for label in vocabulary.labels:  # a label always maps to itself, whatever the synonyms say
-        table[tuple(_tokens(label)[0])] = label
-    table.pop((), None)
-    return table
-
-
-def _match(words: list[str], clauses: list[int], vocabulary: Subset) -> list[LabelMatch]:
-    table = _phrase_table(vocabulary)
-    taken = [False] * len(words)
-    found: list[tuple[int, int, str]] = []
-    for phrase in sorted(table, key=lambda p: (-len(" ".join(p)), p)):
-        k = len(phrase)
-        for s in range(len(words) - k + 1):
-            if (tuple(words[s:s + k]) == phrase and not any(taken[s:s + k])
-                    and clauses[s] == clauses[s + k - 1]):
-                taken[s:s + k] = [True] * k
-                found.append((s, s + k, table[phrase]))
-    found.sort()
-    out: list[LabelMatch] = []
-    for s, e, label in found:
-        prev = out[-1] if out else None
-        lo = max(s - NEGATION_WINDOW, prev.end if prev else 0)
-        negated = any(words[j] in NEGATORS and clauses[j] == clauses[s] for j in range(lo, s))
-        if not negated and prev is not None and prev.negated:
-            gap = range(prev.end, s)
-            negated = len(gap) > 0 and all(words[j] in _CARRY_WORDS for j in gap)
-        out.append(LabelMatch(label, s, e, negated))
-    return out
-
-
-def label_matches(answer: str, vocabulary: Subset, fmt: str = "auto") -> list[LabelMatch]:
-    """Every label occurrence in the diagnosis span, negated ones included (for debugging the rule)."""
-    return _match(*_tokens(_raw_span(answer, fmt)), vocabulary)
-
-
-def normalize_answer(text: str, vocabulary: Subset) -> str:
-    """:func:`normalize_text` with every label/synonym occurrence replaced by its canonical label."""
-    words, clauses = _tokens(text)
-    out: list[str] = []
-    pos = 0
-    for m in _match(words, clauses, vocabulary):
-        out += words[pos:m.start] + [m.label]
-        pos = m.end
-    return " ".join(out + words[pos:])
-
-
-def extract_labels(answer: str, vocabulary: Subset, fmt: str = "auto") -> list[str]:
-    """The labels the answer states (present in the span, not negated), canonical, sorted, unique."""
-    return sorted({m.label for m in label_matches(answer, vocabulary, fmt) if not m.negated})
-
-
-def canonical_label(label: str, vocabulary: Subset) -> str:
-    """A label or synonym as the subset's canonical label; ``ValueError`` when the subset has no such label."""
-    found = _phrase_table(vocabulary).get(tuple(_tokens(label)[0]))
-    if found is None:
-        raise ValueError(f"{label!r} is not a label of subset {vocabulary.name!r} "
-                         f"(labels: {', '.join(vocabulary.labels)})")
-    return found
-
-
-def diagnosis_correct(answer: str, target: Sequence[str], vocabulary: Subset, fmt: str = "auto") -> bool:
-    """True iff the answer states exactly the target labels (module docstring); targets may be synonyms."""
-    if isinstance(target, str):  # a bare string would be read as a list of characters
-        target = [target]
-    wanted = {canonical_label(t, vocabulary) for t in target}
-    return set(extract_labels(answer, vocabulary, fmt)) == wanted
