@@ -1,56 +1,49 @@
 """``sim4seg convert-lisa`` on a tiny synthetic LISA release with LISA's exact key names and layout.
 
-The converted model (rebuilt by ``load_run``) must give the logits of LISA's forward written here from the raw
-tensors (LLaMA on embeddings whose image positions hold ``mm_projector(CLIP layer -2 without CLS)``) and the
-masks of LISA's SAM path (phi on the state before [SEG] as the only sparse prompt, no dense mask). Bad releases
-fail with one line naming the offending keys.
+The release is a folder as LISA-7B-v1 ships it: config.json, ``pytorch_model-*.bin`` shards with their index, and
+the tokenizer as a LLaMA-style sentencepiece ``tokenizer.model`` (trained here by scripts/lisa_golden_ids.py)
+with ``added_tokens.json`` (``<im_patch>``, ``<im_start>``, ``<im_end>``, ``[SEG]`` right after the base
+vocabulary), no tokenizer.json. The converted model (rebuilt by ``load_run``) must give the logits of LISA's
+forward written here from the raw tensors (LLaMA on embeddings whose image positions hold ``mm_projector(CLIP
+layer -2 without CLS)``) and the masks of LISA's SAM path (phi on the state before [SEG] as the only sparse
+prompt, no dense mask). Bad releases, and a CLIP tower other than LISA's, fail with one line naming them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import QUERY, synthetic
+from conftest import QUERY, REPO, synthetic
 from omegaconf import OmegaConf
 from torch import nn
 
-from sim4seg.data.prompts import SYSTEM
 from sim4seg.errors import UserError
 from sim4seg.model.builder import CLIP_MEAN, CLIP_STD
 
 # The tiny SAM kind of the registry (which loads ``model.sam.checkpoint`` when set) stands in for ViT-H: the
 # converter takes a full ``model.sam`` mapping where the CLI takes --sam-variant {auto,vit_h,vit_l,vit_b}.
 SAM_CFG = {"kind": "tiny", "img_size": 64, "embed_dim": 32, "vit_dim": 32, "depth": 2}
-CLIP_HIDDEN, HIDDEN, IMAGE_SIZE, PATCH = 32, 64, 32, 8
+CLIP_HIDDEN, CLIP_LAYERS, HIDDEN, IMAGE_SIZE, PATCH = 32, 3, 64, 32, 8
+# The tiny CLIP stands in for LISA's ViT-L/14 at 224 px the same way (the CLI always asks for LISA's).
+TOWER = {"hidden_size": CLIP_HIDDEN, "num_hidden_layers": CLIP_LAYERS, "patch_size": PATCH, "image_size": IMAGE_SIZE}
+
+_spec = importlib.util.spec_from_file_location("lisa_golden_ids", REPO / "scripts" / "lisa_golden_ids.py")
+golden_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(golden_script)
 
 
-def lisa_tokenizer(with_seg: bool = True):
-    """A small LLaMA-like tokenizer (unk 0, bos 1, eos 2) with LISA's added tokens in LISA's order."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([SYSTEM, QUERY, "USER: ASSISTANT: It is Sure, the segmentation result is"], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    if with_seg:
-        tok.add_tokens("[SEG]")  # LISA: tokenizer.add_tokens("[SEG]"), then the image start/end tokens
-    tok.add_tokens(["<im_start>", "<im_end>"], special_tokens=True)
-    tok.pad_token = tok.unk_token
-    return tok
-
-
-def write_release(folder, state: dict, tok, config: dict, n_shards: int = 2) -> None:
+def write_release(folder, state: dict, config: dict, n_shards: int = 2, with_seg: bool = True) -> None:
     """LISA's layout: config.json, tokenizer files, pytorch_model-0000i-of-0000n.bin shards and their index."""
-    folder.mkdir(parents=True)
-    tok.save_pretrained(folder)
+    golden_script.write_lisa_tokenizer(folder)
+    if not with_seg:
+        added = json.loads((folder / "added_tokens.json").read_text())
+        del added["[SEG]"]
+        (folder / "added_tokens.json").write_text(json.dumps(added))
     (folder / "config.json").write_text(json.dumps(config))
     keys = list(state)
     size = -(-len(keys) // n_shards)
@@ -71,11 +64,11 @@ def release(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lisa")
     torch.manual_seed(0)
-    tok = lisa_tokenizer()
-    vocab = len(tok)
+    base = golden_script.write_lisa_tokenizer(root / "LISA-tiny")
+    vocab = base + 4  # <im_patch>, <im_start>, <im_end>, [SEG]
 
     clip = CLIPModel(CLIPConfig(
-        vision_config={"hidden_size": CLIP_HIDDEN, "intermediate_size": 64, "num_hidden_layers": 3,
+        vision_config={"hidden_size": CLIP_HIDDEN, "intermediate_size": 64, "num_hidden_layers": CLIP_LAYERS,
                        "num_attention_heads": 2, "image_size": IMAGE_SIZE, "patch_size": PATCH},
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                      "vocab_size": 99, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
@@ -112,16 +105,17 @@ def release(tmp_path_factory):
               "mm_vision_tower": "openai/clip-vit-large-patch14", "vision_tower": "openai/clip-vit-large-patch14",
               "out_dim": 32, "train_mask_decoder": True, "use_mm_proj": True, "bos_token_id": 1,
               "eos_token_id": 2, "pad_token_id": 0, "transformers_version": "4.31.0"}
-    write_release(root / "LISA-tiny", state, tok, config)
-    return SimpleNamespace(root=root, src=root / "LISA-tiny", clip_dir=root / "clip", tok=tok, state=state,
-                           config=config, clip=clip, improc=improc, llama=llama, sam=sam, vocab=vocab)
+    write_release(root / "LISA-tiny", state, config)
+    return SimpleNamespace(root=root, src=root / "LISA-tiny", clip_dir=root / "clip", state=state, config=config,
+                           clip=clip, improc=improc, llama=llama, sam=sam, base=base, vocab=vocab)
 
 
 @pytest.fixture(scope="module")
 def converted(release):
-    from sim4seg.model.convert import convert_lisa
+    from sim4seg.convert_lisa.command import convert_lisa
 
-    return convert_lisa(release.src, release.clip_dir, release.root / "out", name="LISA-tiny", sam=SAM_CFG)
+    return convert_lisa(release.src, release.clip_dir, release.root / "out", name="LISA-tiny", sam=SAM_CFG,
+                        tower=TOWER)
 
 
 def test_converted_model_answers_and_segments_as_lisa(release, converted):
@@ -133,13 +127,15 @@ def test_converted_model_answers_and_segments_as_lisa(release, converted):
     m = cfg.model
     assert (m.lvlm.kind, m.lvlm.path, m.sam.checkpoint) == ("pretrained", str(out / "lvlm"), str(out / "sam.safetensors"))
     assert (m.seg_state, m.clip_view, m.image_start, m.image_end) == ("predicting", "center_crop", "<im_start>", "<im_end>")
+    assert m.prompt_format == "lisa_v1" and proc.prompt_format == "lisa_v1"
     assert not m.lora.enabled and not cfg.rvls2m.enabled and cfg.data.answer_format == "seg"
     assert (out / "README.md").read_text().startswith("# LISA-tiny")
     assert (out / "lvlm" / "model.safetensors.index.json").exists()
 
-    # Tokens: LISA's ids kept, <image> added after them, and the LLaVA config points at it.
-    tok, v = proc.tokenizer, release.vocab
-    assert tok.convert_tokens_to_ids(["[SEG]", "<im_start>", "<im_end>"]) == [v - 3, v - 2, v - 1]
+    # Tokens: LISA's ids kept (LISA-7B-v1's 32000-32003, here right after the tiny base vocabulary), <image>
+    # added after them, and the LLaVA config points at it.
+    tok, b, v = proc.tokenizer, release.base, release.vocab
+    assert tok.convert_tokens_to_ids(["<im_patch>", "<im_start>", "<im_end>", "[SEG]"]) == [b, b + 1, b + 2, b + 3]
     image_id = tok.convert_tokens_to_ids("<image>")
     assert image_id == v == model.lvlm.config.image_token_index
     assert model.lvlm.get_input_embeddings().num_embeddings == v + 1
@@ -150,8 +146,8 @@ def test_converted_model_answers_and_segments_as_lisa(release, converted):
     batch = proc.collate([proc.sample(image, QUERY, "It is [SEG].")])
     ids = batch["input_ids"][0]
     n = (IMAGE_SIZE // PATCH) ** 2
-    start = int((ids == v - 2).nonzero()[0])
-    assert ids[start + 1:start + 1 + n].eq(image_id).all() and ids[start + 1 + n] == v - 1
+    start = int((ids == b + 1).nonzero()[0])
+    assert ids[start + 1:start + 1 + n].eq(image_id).all() and ids[start + 1 + n] == b + 2
 
     with torch.no_grad():
         logits = model.lvlm(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
@@ -169,7 +165,7 @@ def test_converted_model_answers_and_segments_as_lisa(release, converted):
         ref = release.llama(inputs_embeds=embeds[None], output_hidden_states=True)
         ref_logits, ref_hidden = ref.logits[0], ref.hidden_states[-1][0]
 
-        seg_pos = int((ids == v - 3).nonzero()[0]) - 1  # the state that predicts [SEG]
+        seg_pos = int((ids == b + 3).nonzero()[0]) - 1  # the state that predicts [SEG]
         h = F.relu(F.linear(ref_hidden[seg_pos], s["model.text_hidden_fcs.0.0.weight"], s["model.text_hidden_fcs.0.0.bias"]))
         prompt = F.linear(h, s["model.text_hidden_fcs.0.2.weight"], s["model.text_hidden_fcs.0.2.bias"])
         sam = release.sam
@@ -188,29 +184,29 @@ def test_converted_model_answers_and_segments_as_lisa(release, converted):
     torch.testing.assert_close(decoded.iou, iou[:, 0], atol=1e-5, rtol=1e-4)
 
 
-def variant(release, name: str, drop=(), add=None, tok=None):
+def variant(release, name: str, drop=(), add=None, with_seg: bool = True):
     state = {k: v for k, v in release.state.items() if k not in drop} | (add or {})
-    write_release(release.root / name, state, tok or release.tok, release.config, n_shards=1)
+    write_release(release.root / name, state, release.config, n_shards=1, with_seg=with_seg)
     return release.root / name
 
 
 def test_missing_key_is_named(release):
-    from sim4seg.model.convert import convert_lisa
+    from sim4seg.convert_lisa.command import convert_lisa
 
     src = variant(release, "missing", drop=("model.layers.1.mlp.down_proj.weight",))
     out = release.root / "out-missing"
     with pytest.raises(UserError, match=r"missing \['model\.layers\.1\.mlp\.down_proj\.weight'\]"):
-        convert_lisa(src, release.clip_dir, out, sam=SAM_CFG)
+        convert_lisa(src, release.clip_dir, out, sam=SAM_CFG, tower=TOWER)
     assert not out.exists()  # checked before anything is written
 
 
 def test_wrong_shape_is_named_and_nothing_is_left(release):
-    from sim4seg.model.convert import convert_lisa
+    from sim4seg.convert_lisa.command import convert_lisa
 
     src = variant(release, "shape", add={"model.text_hidden_fcs.0.2.weight": torch.zeros(16, HIDDEN)})
     out = release.root / "out-shape"
     with pytest.raises(UserError, match=r"model\.text_hidden_fcs\.0\.2\.weight has shape \(16, 64\), expected \(32, 64\)"):
-        convert_lisa(src, release.clip_dir, out, sam=SAM_CFG)
+        convert_lisa(src, release.clip_dir, out, sam=SAM_CFG, tower=TOWER)
     assert not out.exists()  # found while writing: the partial output is removed
 
 
@@ -226,28 +222,41 @@ def test_unexpected_key_is_named_by_the_cli(release, capsys):
 
 def test_tiny_sam_is_no_official_variant_and_seg_is_required(release, capsys):
     from sim4seg.cli import main
-    from sim4seg.model.convert import convert_lisa
+    from sim4seg.convert_lisa.command import convert_lisa
 
     argv = ["convert-lisa", "--src", str(release.src), "--clip", str(release.clip_dir), "--out",
             str(release.root / "o2")]
     assert main(argv) == 2
     assert "none of vit_h (1280, 32), vit_l (1024, 24), vit_b (768, 12)" in capsys.readouterr().err
-    src = variant(release, "noseg", tok=lisa_tokenizer(with_seg=False))
+    src = variant(release, "noseg", with_seg=False)
     with pytest.raises(UserError, match=r"lacks \[SEG\]"):
-        convert_lisa(src, release.clip_dir, release.root / "o3", sam=SAM_CFG)
+        convert_lisa(src, release.clip_dir, release.root / "o3", sam=SAM_CFG, tower=TOWER)
+
+
+def test_clip_must_be_lisas_tower(release):
+    """Another CLIP (e.g. clip-vit-large-patch14-336: 576 image tokens, features LISA never saw) is refused in one
+    line naming both towers, before anything is written."""
+    from sim4seg.convert_lisa.command import convert_lisa
+
+    out = release.root / "out-clip"
+    with pytest.raises(UserError) as e:
+        convert_lisa(release.src, release.clip_dir, out, sam=SAM_CFG)
+    msg = str(e.value)
+    assert "ViT-(width 32, 3 layers)/8 at 32 px" in msg and "ViT-L/14 at 224 px" in msg and "\n" not in msg
+    assert not out.exists()
 
 
 def test_sam_variant_from_shapes():
-    from sim4seg.model.convert import _sam_settings
+    from sim4seg.convert_lisa.release import sam_settings
 
     def weights(width: int, depth: int):
         where = {f"model.visual_model.image_encoder.blocks.{i}.norm1.weight": None for i in range(depth)}
         return SimpleNamespace(where=where, meta=lambda key: ((width, 3, 16, 16), torch.bfloat16))
 
-    assert _sam_settings("auto", weights(1280, 32)) == {"kind": "vit_h"}
-    assert _sam_settings("auto", weights(1024, 24)) == {"kind": "vit_l"}
-    assert _sam_settings("vit_b", weights(768, 12)) == {"kind": "vit_b"}
+    assert sam_settings("auto", weights(1280, 32)) == {"kind": "vit_h"}
+    assert sam_settings("auto", weights(1024, 24)) == {"kind": "vit_l"}
+    assert sam_settings("vit_b", weights(768, 12)) == {"kind": "vit_b"}
     with pytest.raises(UserError, match="which is vit_h"):
-        _sam_settings("vit_b", weights(1280, 32))
+        sam_settings("vit_b", weights(1280, 32))
     with pytest.raises(UserError, match="none of"):
-        _sam_settings("auto", weights(1280, 24))
+        sam_settings("auto", weights(1280, 24))

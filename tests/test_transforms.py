@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from segment_anything.modeling import Sam
 
-from sim4seg.data.transforms import Processor
+from sim4seg.model.processor import Processor
 from sim4seg.model.sam import build_sam
 
 SAM = build_sam(OmegaConf.create({"kind": "tiny", "checkpoint": None, "img_size": 128, "embed_dim": 32,

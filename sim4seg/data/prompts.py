@@ -1,4 +1,5 @@
-"""Clinical queries, answers in the paper's three formats, and the LLaVA-v1 conversation template.
+"""Clinical queries and answers in the paper's three formats (the conversation around them is the model's
+prompt format: sim4seg.model.prompt_formats).
 
 Queries are chosen per record id (stable across runs and machines); answers are built at training time from
 the record, so one dataset serves the ``seg``, ``diagnosis`` and ``cot`` fine-tuning settings.
@@ -9,14 +10,9 @@ from __future__ import annotations
 import zlib
 
 from sim4seg.data.vocab import Subset
+from sim4seg.model.tokens import SEG_TOKEN
 
-SEG_TOKEN = "[SEG]"
-IMAGE_TOKEN = "<image>"
 ANSWER_FORMATS = ("seg", "diagnosis", "cot")
-
-# LLaVA-v1 template (what LISA was trained with).
-SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
-          "The assistant gives helpful, detailed, and polite answers to the human's questions.")
 
 _LOCATE = (
     "Could you help me identify the {finding} in the {modality_adj} image?",
@@ -80,8 +76,3 @@ def answer_for(fmt: str, record_id: str, diagnosis: list[str], cot: str | None) 
     if fmt == "cot":
         return None if not cot else f"It is {SEG_TOKEN}. {cot.strip()}"
     raise ValueError(f"answer format {fmt!r} is not one of {ANSWER_FORMATS}")
-
-
-def prompt_text(query: str) -> str:
-    """Everything before the assistant's answer; ``<image>`` stands for the image tokens."""
-    return f"{SYSTEM} USER: {IMAGE_TOKEN}\n{query} ASSISTANT:"

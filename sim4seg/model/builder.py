@@ -22,14 +22,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from sim4seg.data.prompts import IMAGE_TOKEN, SEG_TOKEN
-from sim4seg.data.transforms import Processor
 from sim4seg.errors import UserError
 from sim4seg.model.losses import LossWeights
+from sim4seg.model.processor import Processor
 from sim4seg.model.rvls2m import RVLS2MConfig
 from sim4seg.model.sam import build_sam
 from sim4seg.model.sim4seg import Sim4Seg
 from sim4seg.model.tokenizer import build_tiny_tokenizer
+from sim4seg.model.tokens import IMAGE_TOKEN, SEG_TOKEN
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -60,9 +60,10 @@ def build_lvlm(cfg: DictConfig, tok: PreTrainedTokenizerBase) -> LlavaForConditi
             vision_config=CLIPVisionConfig(**OmegaConf.to_container(v)),
             text_config=LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                                     eos_token_id=tok.eos_token_id, **OmegaConf.to_container(t)),
-            image_token_index=image_id, image_seq_length=(v.image_size // v.patch_size) ** 2,
-            vision_feature_layer=cfg.lvlm.vision_feature_layer, vision_feature_select_strategy="default",
+            image_token_index=image_id, vision_feature_layer=cfg.lvlm.vision_feature_layer,
+            vision_feature_select_strategy=cfg.lvlm.vision_feature_select_strategy,
             pad_token_id=tok.pad_token_id)
+        conf.image_seq_length = image_token_count(conf)
         torch.manual_seed(cfg.get("init_seed", 0))
         model = LlavaForConditionalGeneration(conf).to(dtype)
     elif cfg.lvlm.kind == "pretrained":
@@ -106,12 +107,13 @@ def apply_trainable(model: Sim4Seg, cfg: DictConfig) -> Sim4Seg:
 def build_model(cfg: DictConfig, rvls2m_cfg: DictConfig | None = None,
                 loss_cfg: DictConfig | None = None) -> tuple[Sim4Seg, Processor]:
     """Build the model of a ``model`` preset and the processor that prepares its inputs."""
+    # First: an impossible rvls2m setting (e.g. k > g^2) stops here, before anything is loaded.
+    rv = RVLS2MConfig(**OmegaConf.to_container(rvls2m_cfg)) if rvls2m_cfg is not None else RVLS2MConfig()
     tok = build_tokenizer(cfg)
     lvlm = build_lvlm(cfg, tok)
     if cfg.get("gradient_checkpointing", False):
         lvlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     sam = build_sam(cfg.sam).to(DTYPES[cfg.get("dtype", "float32")])
-    rv = RVLS2MConfig(**OmegaConf.to_container(rvls2m_cfg)) if rvls2m_cfg is not None else RVLS2MConfig()
     lw = LossWeights(**OmegaConf.to_container(loss_cfg)) if loss_cfg is not None else LossWeights()
     model = Sim4Seg(lvlm, sam, tok.convert_tokens_to_ids(SEG_TOKEN), tok.convert_tokens_to_ids(IMAGE_TOKEN), rv,
                     seg_state=cfg.seg_state, clip_view=cfg.clip_view, loss_weights=lw)
@@ -120,17 +122,21 @@ def build_model(cfg: DictConfig, rvls2m_cfg: DictConfig | None = None,
     model.text_hidden_fcs.to(DTYPES[cfg.get("dtype", "float32")])
     sam.prompt_encoder.float()
     apply_trainable(model, cfg)
-    n_image = lvlm.config.image_seq_length if cfg.lvlm.kind == "random" else _image_tokens(lvlm)
-    proc = Processor(tok, build_image_processor(cfg), n_image_tokens=n_image, sam_size=sam.image_encoder.img_size,
-                     sam_mean=sam.pixel_mean.flatten().tolist(), sam_std=sam.pixel_std.flatten().tolist(),
-                     clip_view=cfg.clip_view, max_length=cfg.get("max_length", 2048),
+    proc = Processor(tok, build_image_processor(cfg), n_image_tokens=image_token_count(lvlm.config),
+                     sam_size=sam.image_encoder.img_size, sam_mean=sam.pixel_mean.flatten().tolist(),
+                     sam_std=sam.pixel_std.flatten().tolist(), clip_view=cfg.clip_view,
+                     max_length=cfg.get("max_length", 2048), prompt_format=cfg.get("prompt_format"),
                      image_start=cfg.get("image_start"), image_end=cfg.get("image_end"))
     return model, proc
 
 
-def _image_tokens(lvlm: LlavaForConditionalGeneration) -> int:
-    v = lvlm.config.vision_config
-    return (v.image_size // v.patch_size) ** 2
+def image_token_count(config: LlavaConfig) -> int:
+    """Image features per image, as ``LlavaModel.get_image_features`` returns them (one ``<image>`` id each): the
+    tower's tokens (patches, plus the class token of a CLIP tower), less the class token with
+    ``vision_feature_select_strategy="default"``. ViT-L/14: 256 at 224 px (LISA), 576 at 336 px, 577 with "full"."""
+    v = config.vision_config
+    tokens = (v.image_size // v.patch_size) ** 2 + int(v.model_type == "clip_vision_model")
+    return tokens - int(config.vision_feature_select_strategy == "default")
 
 
 def _local(path: str | None, setting: str) -> str:

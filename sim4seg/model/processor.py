@@ -1,9 +1,9 @@
-"""Turn (image, query, answer, mask) into model inputs: the CLIP view, SAM's frame, and token ids.
+"""What turns (image, query, answer, mask) into model inputs: the CLIP view, SAM's frame, and token ids.
 
 SAM's frame follows segment_anything: resize the longest side to S, normalise, pad bottom/right to S x S.
 The CLIP view is CLIP's processor (resize shortest side + center crop) or, with ``clip_view=pad``, the image
 centred on a square of the mean colour first (LLaVA-1.5). RVLS2M's geometry (rvls2m.to_mask_prompt) relies on
-exactly these two mappings.
+exactly these two mappings. Token ids and labels come from the model's prompt format (prompt_formats.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 from transformers import CLIPImageProcessor, PreTrainedTokenizerBase
 
-from sim4seg.data.prompts import IMAGE_TOKEN, prompt_text
-
-IGNORE = -100
+from sim4seg.errors import UserError
+from sim4seg.model.prompt_formats import IGNORE, PROMPT_FORMATS, encode
+from sim4seg.model.tokens import IMAGE_TOKEN, SEG_TOKEN
 
 
 @dataclass
@@ -31,8 +31,16 @@ class Processor:
     sam_std: list[float]
     clip_view: str = "center_crop"
     max_length: int = 2048
+    prompt_format: str = "chat_template"  # model.prompt_format: lisa_v1 | chat_template (prompt_formats.py)
     image_start: str | None = None  # tokens around the image tokens, e.g. LISA's <im_start> ... <im_end>
     image_end: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise UserError(f"model.prompt_format={self.prompt_format!r}: use one of {', '.join(PROMPT_FORMATS)}")
+        if self.prompt_format == "chat_template" and self.tokenizer is not None and not self.tokenizer.chat_template:
+            raise UserError("model.prompt_format=chat_template but the tokenizer has no chat template; use "
+                            "model.prompt_format=lisa_v1 (LISA's prompt) or a tokenizer with a chat template")
 
     def clip(self, image: np.ndarray) -> torch.Tensor:
         """RGB uint8 [H, W, 3] -> CLIP pixel values [3, s, s]"""
@@ -56,20 +64,17 @@ class Processor:
         return F.pad(x, (0, self.sam_size - w, 0, self.sam_size - h)), (h, w)
 
     def tokens(self, query: str, answer: str | None = None) -> tuple[list[int], list[int]]:
-        """Token ids of the conversation with ``<image>`` expanded to one id per image token, and labels that
-        train on the answer (and its EOS) only. Without an answer: the prompt for generation."""
+        """Token ids of the conversation in the model's prompt format, ``<image>`` expanded to one id per image
+        token, and labels that train on the answer (and its end) only. Without an answer: the generation prompt."""
         tok = self.tokenizer
-        before, after = prompt_text(query).split(IMAGE_TOKEN)
+        image = f"{self.image_start or ''}{IMAGE_TOKEN}{self.image_end or ''}"
+        short, labels_short = encode(self.prompt_format, tok, query, answer, image)
         image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
-        image = [image_id] * self.n_image_tokens
-        if self.image_start:
-            image = [tok.convert_tokens_to_ids(self.image_start), *image, tok.convert_tokens_to_ids(self.image_end)]
-        ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok(before, add_special_tokens=False)[
-            "input_ids"] + image + tok(after, add_special_tokens=False)["input_ids"]
-        labels = [IGNORE] * len(ids)
-        if answer is not None:
-            ans = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            ids, labels = ids + ans, labels + ans
+        ids, labels = [], []
+        for i, label in zip(short, labels_short):
+            n = self.n_image_tokens if i == image_id else 1
+            ids += [i] * n
+            labels += [IGNORE if i == image_id else label] * n
         if len(ids) > self.max_length:
             raise ValueError(f"{len(ids)} tokens exceed the context of {self.max_length} (model.max_length); "
                              "shorten the query/answer")
@@ -90,7 +95,7 @@ class Processor:
                "sam_images": sam_image, "resize_hw": resize_hw, "orig_hw": (h, w)}
         if mask is not None:
             # One target per [SEG] of the answer; a prompt without answer keeps the mask once, for scoring.
-            n = ids.count(self.tokenizer.convert_tokens_to_ids("[SEG]")) if answer is not None else 1
+            n = ids.count(self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)) if answer is not None else 1
             out["masks"] = torch.from_numpy(mask).float()[None].expand(n, h, w)
         return out
 
