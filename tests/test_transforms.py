@@ -92,3 +92,28 @@ def test_clip_view_shows_the_region_rvls2m_assumes(sample, view):
         c_got, c_want = (np.argwhere(m).mean(0) for m in (got, expect))
         assert np.abs(c_got - c_want).max() <= 1.5  # same place in the view, within ~1 of its pixels
         assert iou(got, expect) > 0.5
+
+
+def test_image_tokens_follow_the_lvlm_config():
+    """One ``<image>`` id per feature LlavaModel gives: CLIP's patches, plus its class token when
+    vision_feature_select_strategy is "full" (577 at 336 px for ViT-L/14), not (image_size // patch_size) ** 2."""
+    from conftest import QUERY, TINY_CONFIG, synthetic
+    from transformers import CLIPVisionConfig, LlavaConfig
+
+    from sim4seg.model.builder import build_model, image_token_count
+
+    def count(size: int, strategy: str) -> int:
+        vision = CLIPVisionConfig(image_size=size, patch_size=14)
+        return image_token_count(LlavaConfig(vision_config=vision, vision_feature_select_strategy=strategy))
+
+    assert (count(224, "default"), count(336, "default"), count(336, "full")) == (256, 576, 577)
+    cfg = OmegaConf.load(TINY_CONFIG)
+    cfg.lvlm.vision_feature_select_strategy = "full"
+    model, proc = build_model(cfg)
+    assert proc.n_image_tokens == (64 // 4) ** 2 + 1 == model.lvlm.config.image_seq_length
+    image, mask = synthetic(0)
+    batch = proc.collate([proc.sample(image, QUERY, "It is [SEG].", mask)])
+    with torch.no_grad():  # transformers refuses a count of image ids that differs from its features
+        logits = model.lvlm(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                            attention_mask=batch["attention_mask"]).logits
+    assert logits.shape[1] == batch["input_ids"].shape[1]
