@@ -172,7 +172,9 @@ def test_hf_backend_generates_for_both_families(folders, kind: str) -> None:
 
     prompt = backend.prompt(reqs[0].text)
     if kind == "llava":  # the tokenizer's template (the tiny tokenizer's plain one)
-        assert prompt == f"<s>USER: <image>\n{reqs[0].text}\nASSISTANT:"
+        conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": reqs[0].text}]}]
+        assert prompt == backend.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        assert prompt.startswith(backend.tokenizer.bos_token)  # so the BOS check below covers a template's BOS
     elif kind == "llava_lisa":  # no template in the folder: LISA's LLaVA-v1 conversation
         assert prompt == lisa_v1_text(reqs[0].text)
     elif kind == "llava_template":
@@ -251,7 +253,7 @@ def test_pipeline_with_hf_spec_leaves_gate_rejections_for_review(tmp_path: Path,
     assert {r.cot for _, r in iter_records(data) if not isinstance(r, Exception)} == {None}
 
 
-def test_hf_backend_refuses_other_architectures(tmp_path: Path, capsys) -> None:
+def test_hf_backend_refuses_other_architectures(tmp_path: Path, folders, capsys) -> None:
     from transformers import BertConfig
 
     other = tmp_path / "bert"
@@ -267,3 +269,8 @@ def test_hf_backend_refuses_other_architectures(tmp_path: Path, capsys) -> None:
     assert "'bert' (BertModel)" in errors[0] and "llava" in errors[0] and "qwen2_5_vl" in errors[0]
     with pytest.raises(UserError, match="no config.json"):
         HFBackend(tmp_path / "empty")
+    no_processor = tmp_path / "llava_no_image_processor"
+    shutil.copytree(folders["llava_lisa"], no_processor)
+    (no_processor / "preprocessor_config.json").unlink()
+    with pytest.raises(UserError, match="lacks a usable processor"):
+        HFBackend(no_processor)

@@ -79,33 +79,24 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        # the processor's template, else the tokenizer's (folders saved without a processor config)
-        self.chat_template = getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template
+        self.chat_template = self.processor.chat_template  # AutoProcessor takes the tokenizer's when it has none
         if not self.chat_template and self.family != "llava":
             raise UserError(f"hf backend: {path} has no chat template (chat_template.jinja, chat_template.json or "
                             f"tokenizer_config.json); a {FAMILIES[self.family]} model needs the one it was "
                             "trained with")
 
     def _load_processor(self, path: Path, trust_remote_code: bool) -> Any:
-        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, LlavaProcessor
+        from transformers import AutoProcessor
 
         try:
             proc = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         except (OSError, ValueError, TypeError) as e:
             proc, why = None, one_line(str(e))[:300]
         else:
-            why = f"AutoProcessor gave a {type(proc).__name__}, without a tokenizer and an image processor"
+            why = f"AutoProcessor gave a {type(proc).__name__}, not a tokenizer with an image processor"
         if proc is None or not hasattr(proc, "image_processor") or not hasattr(proc, "tokenizer"):
-            if self.family != "llava":
-                raise UserError(f"hf backend: {path} lacks a usable processor (tokenizer + image processor): {why}")
-            try:  # a LLaVA folder with only a tokenizer and an image processor
-                proc = LlavaProcessor(
-                    image_processor=AutoImageProcessor.from_pretrained(path, local_files_only=True),
-                    tokenizer=AutoTokenizer.from_pretrained(path, local_files_only=True,
-                                                            trust_remote_code=trust_remote_code))
-            except (OSError, ValueError) as e:
-                raise UserError(f"hf backend: {path} lacks a usable tokenizer/image processor: "
-                                f"{one_line(str(e))[:300]}") from None
+            raise UserError(f"hf backend: {path} lacks a usable processor (tokenizer + image processor files): "
+                            f"{why}")
         cfg = self.model.config
         if self.family == "llava" and getattr(proc, "patch_size", 1) is None:
             vision = cfg.vision_config  # processor saved without the LLaVA fields: take the model's
