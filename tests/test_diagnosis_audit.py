@@ -2,7 +2,10 @@
 
 Each answer was graded as a clinician reading it would: correct when it states the target, commits to it, and
 states no other label of the subset. The grades were written before running the rule and are not adjusted to
-it; the test reports the agreement and requires 95% or better. Answers in the diagnosis format ("It is [SEG].
+it; the test reports the agreement and requires 95% or better. ``AUDIT`` was written first (106/108 before two
+general fixes: "taller-than-wide" read "than" as a negator; a negated label of a two-label subset did not state
+the other); ``DEVELOPMENT`` are two later batches that found further flaws (83/85 and 53/59 before their
+fixes), kept so the fixes stay fixed. Answers in the diagnosis format ("It is [SEG].
 ...") are scored with ``fmt="diagnosis"``, CoT answers with ``fmt="cot"``, and every answer also with "auto".
 """
 
@@ -147,6 +150,153 @@ AUDIT: list[tuple[str, str, list[str], bool]] = [
      "is glaucoma.", ["glaucoma"], True),
 ]
 
+DEVELOPMENT: list[tuple[str, str, list[str], bool]] = [
+ ("BUSI", S+"Benign.", ["benign"], True),
+ ("BUSI", S+"The lesion is most likely benign.", ["benign"], True),
+ ("BUSI", S+"The lesion is likely malignant rather than benign.", ["malignant"], True),
+ ("BUSI", S+"There is no malignant lesion.", ["benign"], False),
+ ("BUSI", S+"The findings are consistent with a benign fibroadenoma.", ["benign"], True),
+ ("BUSI", S+"It is not malignant, it is benign.", ["benign"], True),
+ ("BUSI", S+"Malignant or benign cannot be determined.", ["benign"], False),
+ ("BUSI", S+"Highly suspicious for malignancy.", ["malignant"], True),
+ ("BUSI", S+"The mass is benign-appearing.", ["benign"], True),
+ ("BUSI", S+"The tumour is malignant and not benign.", ["malignant"], True),
+ ("BUSI", S+"It is benign. It is malignant.", ["malignant"], False),
+ ("BUSI", S+"I am not sure whether it is benign or malignant.", ["benign"], False),
+ ("BUSI", S+"Features of a malignant tumor are absent; benign.", ["benign"], True),
+ ("BUSI", S+"The image shows normal breast tissue without any mass.", ["normal"], True),
+ ("BUSI", S+"Cancer.", ["malignant"], True),
+ ("BUSI", S+"The diagnosis is not benign but malignant.", ["malignant"], True),
+ ("BUSI", S+"The diagnosis is benign, but malignant transformation cannot be ruled out.", ["benign"], True),
+ ("BUSI", S+"Instead of a benign lesion, this is a malignant one.", ["malignant"], True),
+ ("TN3K", S+"Malignant nodule.", ["malignant"], True),
+ ("TN3K", S+"The nodule is benign and not cancerous.", ["benign"], True),
+ ("TN3K", S+"The nodule shows malignant features but is benign.", ["benign"], True),
+ ("TN3K", S+"Benign nodule; malignancy is excluded.", ["benign"], True),
+ ("TN3K", S+"Cannot exclude malignancy.", ["malignant"], False),
+ ("TN3K", S+"The thyroid nodule is malignant (papillary carcinoma).", ["malignant"], True),
+ ("TN3K", S+"The nodule is not benign.", ["malignant"], True),
+ ("ISBI", S+"Benign nevus.", ["benign"], True),
+ ("ISBI", S+"The lesion is malignant, not benign.", ["malignant"], True),
+ ("ISBI", S+"Probably benign.", ["benign"], True),
+ ("ISBI", S+"The lesion is benign or malignant.", ["benign"], False),
+ ("ISIC", S+"Nevus.", ["nevus"], True),
+ ("ISIC", S+"The lesion is a melanoma, not a seborrheic keratosis.", ["melanoma"], True),
+ ("ISIC", S+"Seborrheic keratosis.", ["seborrheic keratosis"], True),
+ ("ISIC", S+"It is a naevus rather than a melanoma.", ["nevus"], True),
+ ("ISIC", S+"No melanoma; this is a benign mole.", ["nevus"], True),
+ ("ISIC", S+"Melanoma or seborrheic keratosis.", ["melanoma"], False),
+ ("ISIC", S+"A keratosis.", ["seborrheic keratosis"], False),
+ ("Kvasir-SEG", S+"A polyp.", ["polyp"], True),
+ ("Kvasir-SEG", S+"No polyps are seen.", ["polyp"], False),
+ ("Kvasir-SEG", S+"The polyp is located in the sigmoid colon.", ["polyp"], True),
+ ("Kvasir-SEG", S+"The lesion is a colonic polyp, not a mass.", ["polyp"], True),
+ ("FracAtlas", S+"A hairline fracture of the tibia.", ["fracture"], True),
+ ("FracAtlas", S+"There is no evidence of a fracture.", ["fracture"], False),
+ ("FracAtlas", S+"The image shows a fractured femur.", ["fracture"], True),
+ ("FracAtlas", S+"Fracture is unlikely.", ["fracture"], False),
+ ("FracAtlas", S+"The fracture is not displaced.", ["fracture"], True),
+ ("FracAtlas", S+"A non-displaced fracture.", ["fracture"], True),
+ ("BoneFracture", S+"Yes, there is a fracture.", ["fracture"], True),
+ ("BoneFracture", S+"There may be a fracture.", ["fracture"], False),
+ ("BFD", S+"Wrist fracture.", ["wrist fracture"], True),
+ ("BFD", S+"The forearm is fractured.", ["forearm fracture"], True),
+ ("BFD", S+"A fracture of the shoulder.", ["shoulder fracture"], True),
+ ("BFD", S+"There is a humeral fracture.", ["humerus fracture"], True),
+ ("BFD", S+"Fractures of the fingers.", ["finger fracture"], True),
+ ("BFD", S+"A fracture of the finger, not the wrist.", ["finger fracture"], True),
+ ("BFD", S+"Elbow fracture and wrist fracture.", ["elbow fracture", "wrist fracture"], True),
+ ("BFD", S+"There is an elbow fracture and the wrist is normal.", ["elbow fracture"], True),
+ ("BFD", S+"No wrist fracture; the elbow is fractured.", ["elbow fracture"], True),
+ ("BFD", S+"Broken wrist.", ["wrist fracture"], True),
+ ("BFD", S+"The shoulder fracture is unlikely; the humerus is fractured.", ["humerus fracture"], True),
+ ("ChestX-Det", S+"Effusion, nodule and mass.", ["effusion", "mass", "nodule"], True),
+ ("ChestX-Det", S+"No nodule or mass is seen; there is a pneumothorax.", ["pneumothorax"], True),
+ ("ChestX-Det", S+"Pneumothorax.", ["pneumothorax"], True),
+ ("ChestX-Det", S+"Calcified granuloma, i.e. calcification.", ["calcification"], True),
+ ("ChestX-Det", S+"There is a rib fracture.", ["fracture"], True),
+ ("ChestX-Det", S+"Consolidation in the right lower lobe with a pleural effusion.", ["consolidation", "effusion"], True),
+ ("ChestX-Det", S+"A nodule. No diffuse nodules.", ["nodule"], True),
+ ("ChestX-Det", S+"Bilateral diffuse nodules and a mass.", ["diffuse nodule", "mass"], True),
+ ("ChestX-Det", S+"The diagnosis is atelectasis or effusion.", ["atelectasis"], False),
+ ("ChestX-Det", S+"The heart is not enlarged; there is an effusion.", ["effusion"], True),
+ ("ChestX-Det", S+"There is thickening of the pleura.", ["pleural thickening"], True),
+ ("ChestX-Det", S+"There is a mass, effusion, and atelectasis.", ["atelectasis", "effusion", "mass"], True),
+ ("ChestX-Det", S+"Emphysematous changes with fibrosis.", ["emphysema", "fibrosis"], True),
+ ("FIVES", S+"Diabetic retinopathy.", ["diabetic retinopathy"], True),
+ ("FIVES", S+"Normal.", ["normal"], True),
+ ("FIVES", S+"The retina is normal; no glaucoma, AMD or diabetic retinopathy.", ["normal"], True),
+ ("FIVES", S+"Glaucoma rather than AMD.", ["glaucoma"], True),
+ ("FIVES", S+"The fundus is not normal; it shows glaucoma.", ["glaucoma"], True),
+ ("FIVES", S+"Age-related macular degeneration.", ["age-related macular degeneration"], True),
+ ("FIVES", S+"Possible glaucoma.", ["glaucoma"], False),
+ ("FIVES", S+"There are no signs of disease.", ["normal"], True),
+ ("FIVES", S+"Proliferative diabetic retinopathy is present, not glaucoma.", ["diabetic retinopathy"], True),
+ ("FIVES", S+"DR is unlikely, the fundus looks healthy.", ["normal"], True),
+ ("FIVES", S+"The image is consistent with glaucoma and not with diabetic retinopathy.", ["glaucoma"], True),
+ ("BUSI", "It is [SEG]. Firstly, the modality of this image is ultrasound. Secondly, the lesion is oval, which is typical of benign tumors. Finally, the diagnosis is benign.", ["benign"], True),
+ ("BUSI", "It is [SEG]. Firstly, the modality of this image is ultrasound. Secondly, the lesion is oval and benign-looking. Finally, the diagnosis is not benign but malignant.", ["malignant"], True),
+ ("BUSI", S+"It is not unlikely that the lesion is malignant.", ["malignant"], False),
+ ("BUSI", S+"It cannot be said that the lesion is not malignant.", ["malignant"], True),
+ ("BUSI", S+"The lesion is not benign; it is not normal either. It is malignant.", ["malignant"], True),
+ ("BUSI", S+"There is no reason to think it is malignant; benign.", ["benign"], True),
+ ("BUSI", S+"Likely benign, possibly malignant.", ["benign"], False),
+ ("BUSI", S+"Benign (not malignant).", ["benign"], True),
+ ("BUSI", S+"Benign vs malignant: malignant.", ["malignant"], True),
+ ("BUSI", S+"Is it benign or malignant? It is malignant.", ["malignant"], True),
+ ("BUSI", S+"The lesion is suspicious, but benign.", ["benign"], True),
+ ("BUSI", S+"While malignancy was considered, the final diagnosis is benign.", ["benign"], True),
+ ("BUSI", S+"The diagnosis is malignant; benign is excluded.", ["malignant"], True),
+ ("BUSI", S+"Normal.", ["normal"], True),
+ ("BUSI", S+"Not normal: there is a malignant mass.", ["malignant"], True),
+ ("TN3K", S+"The nodule is not definitely malignant.", ["malignant"], False),
+ ("TN3K", S+"Nothing suggests malignancy; the nodule is benign.", ["benign"], True),
+ ("TN3K", S+"Benign. Malignant features are not seen.", ["benign"], True),
+ ("TN3K", S+"Malignant, with no benign features.", ["malignant"], True),
+ ("ISIC", S+"The diagnosis is nevus, melanoma excluded.", ["nevus"], True),
+ ("ISIC", S+"Neither melanoma nor seborrheic keratosis; a nevus.", ["nevus"], True),
+ ("ISIC", S+"Melanoma, seborrheic keratosis, or nevus are possible.", ["nevus"], False),
+ ("ISIC", S+"Seborrheic keratosis, not melanoma or nevus.", ["seborrheic keratosis"], True),
+ ("ISIC", S+"I think it is a melanoma.", ["melanoma"], True),
+ ("ISIC", S+"A melanoma cannot be excluded, but this is most consistent with a nevus.", ["nevus"], True),
+ ("ChestX-Det", S+"A mass and diffuse nodules, but no effusion.", ["mass", "diffuse nodule"], True),
+ ("ChestX-Det", S+"Nodule and diffuse nodule.", ["nodule", "diffuse nodule"], True),
+ ("ChestX-Det", S+"No fracture. Pneumothorax.", ["pneumothorax"], True),
+ ("ChestX-Det", S+"Findings: atelectasis, consolidation and effusion.", ["atelectasis", "consolidation", "effusion"], True),
+ ("ChestX-Det", S+"Findings: atelectasis, consolidation and effusion.", ["atelectasis", "effusion"], False),
+ ("ChestX-Det", S+"Calcification is present, as is a nodule.", ["calcification", "nodule"], True),
+ ("ChestX-Det", S+"Neither effusion nor pneumothorax is present, only emphysema.", ["emphysema"], True),
+ ("ChestX-Det", S+"There is pleural thickening; no pleural effusion.", ["pleural thickening"], True),
+ ("ChestX-Det", S+"Pleural effusion rather than pleural thickening.", ["effusion"], True),
+ ("ChestX-Det", S+"Cardiomegaly is absent; there is a mass in the left lung.", ["mass"], True),
+ ("ChestX-Det", S+"The nodules are diffuse.", ["diffuse nodule"], True),
+ ("FIVES", S+"There is no diabetic retinopathy and no glaucoma; this is age-related macular degeneration.", ["age-related macular degeneration"], True),
+ ("FIVES", S+"Macular degeneration, not diabetic retinopathy.", ["age-related macular degeneration"], True),
+ ("FIVES", S+"The fundus is normal except for glaucomatous optic disc changes.", ["glaucoma"], True),
+ ("FIVES", S+"Not glaucoma.", ["normal"], False),
+ ("FIVES", S+"No abnormality is detected.", ["normal"], True),
+ ("FIVES", S+"Unremarkable fundus.", ["normal"], True),
+ ("BFD", S+"No fracture of the elbow; the wrist is fractured.", ["wrist fracture"], True),
+ ("BFD", S+"Fracture of the humerus and the shoulder.", ["humerus fracture", "shoulder fracture"], True),
+ ("BFD", S+"A finger fracture is seen, but no wrist fracture.", ["finger fracture"], True),
+ ("BFD", S+"It is not an elbow fracture but a forearm fracture.", ["forearm fracture"], True),
+ ("BFD", S+"Shoulder or humerus fracture.", ["shoulder fracture"], False),
+ ("FracAtlas", S+"No fracture? There is a fracture.", ["fracture"], True),
+ ("FracAtlas", S+"The bone is not broken.", ["fracture"], False),
+ ("FracAtlas", S+"A fracture is not excluded.", ["fracture"], False),
+ ("FracAtlas", S+"Fracture present.", ["fracture"], True),
+ ("FracAtlas", S+"Negative for fracture.", ["fracture"], False),
+ ("BoneFracture", S+"There is a fracture, which is not displaced.", ["fracture"], True),
+ ("BoneFracture", S+"No acute fracture is identified.", ["fracture"], False),
+ ("Kvasir-SEG", S+"There is a large polyp, not a normal fold.", ["polyp"], True),
+ ("Kvasir-SEG", S+"Polyp: no.", ["polyp"], False),
+ ("Kvasir-SEG", S+"It might be a polyp.", ["polyp"], False),
+ ("ISBI", S+"The lesion is malignant. Benign is unlikely.", ["malignant"], True),
+ ("ISBI", S+"Melanoma is ruled out; the lesion is benign.", ["benign"], True),
+ ("ISBI", S+"Not benign.", ["malignant"], True),
+ ("TN3K", "It is [SEG]. Firstly, the modality of this image is ultrasound. Secondly, the nodule is hypoechoic with microcalcifications, features that suggest malignancy. Finally, the diagnosis is", ["malignant"], True),
+]
+
 
 def _fmt(answer: str) -> str:
     return "cot" if "Firstly" in answer else "diagnosis"
@@ -157,20 +307,21 @@ def test_audit_covers_every_subset() -> None:
     per = {name: sum(s == name for s, *_ in AUDIT) for name in M3DS_SUBSETS}
     assert min(per.values()) >= 5, per
     assert {g for *_, g in AUDIT} == {True, False}
-    for subset, _, target, _ in AUDIT:  # every target is a label of its subset
+    for subset, _, target, _ in AUDIT + DEVELOPMENT:  # every target is a label of its subset
         assert set(target) <= set(M3DS_SUBSETS[subset].labels)
 
 
 @pytest.mark.parametrize("mode", ["format", "auto"])
 def test_rule_agrees_with_the_graded_answers(mode: str) -> None:
     disagreements = []
-    for subset, answer, target, graded in AUDIT:
+    for subset, answer, target, graded in AUDIT + DEVELOPMENT:
         vocab = M3DS_SUBSETS[subset]
         fmt = _fmt(answer) if mode == "format" else "auto"
         if diagnosis_correct(answer, target, vocab, fmt) is not graded:
             disagreements.append(f"{subset}: {answer!r} target {target} graded {graded}; rule states "
                                  f"{extract_labels(answer, vocab, fmt)}")
-    agreement = 1 - len(disagreements) / len(AUDIT)
-    print(f"\ndiagnosis audit ({mode}): {len(AUDIT) - len(disagreements)}/{len(AUDIT)} agree = {agreement:.1%}")
+    n = len(AUDIT) + len(DEVELOPMENT)
+    agreement = 1 - len(disagreements) / n
+    print(f"\ndiagnosis audit ({mode}): {n - len(disagreements)}/{n} agree = {agreement:.1%}")
     print("\n".join(disagreements))
     assert agreement >= 0.95, "\n".join(disagreements)

@@ -107,6 +107,28 @@ def _list_gap(tokens: list[str], lo: int, hi: int, cue_at: set[int], after: int)
     return all(t in allowed for t in gap)
 
 
+def _chain(t: list[str], ordered: list[Mention], cue_at: set[int], backward: bool) -> list[Mention]:
+    """The mention a cue reaches and the list joined to it; a list ends with a conjunction ("A, B or C")."""
+    chain, gaps = ordered[:1], []
+    for m in ordered[1:]:
+        prev = chain[-1]
+        if not backward and m.start < prev.end:  # a word-order mention inside the previous one
+            gap = ["and"]
+        else:
+            lo, hi = (m.end, prev.start) if backward else (prev.end, m.start)
+            if not _list_gap(t, lo, hi, cue_at, len(t) if backward else m.end):
+                break
+            gap = t[lo:hi]
+        chain.append(m)
+        gaps.append(gap)
+    if backward:  # the link nearest the cue ends the list in reading order
+        return chain if not gaps or not set(gaps[0]) <= {","} else chain[:1]
+    while gaps and set(gaps[-1]) <= {","}:
+        gaps.pop()
+        chain.pop()
+    return chain
+
+
 def _apply_cues(s: _Sentence, used: list[bool]) -> None:
     t, ms = s.tokens, s.mentions
     cues, i = [], 0
@@ -127,29 +149,22 @@ def _apply_cues(s: _Sentence, used: list[bool]) -> None:
             continue
         chain: list[Mention] = []
         if kind != "back":
-            target = next((m for m in ms if m.start < a < m.end or m.start >= e), None)
-            if target is not None and target.start >= e and not (
-                    clear(e, target.start, 0 if kind == "tight" else lx.REACH)):
-                target = None
-            if target is not None:
+            after = [m for m in ms if m.start < a < m.end or (m.start >= e and clear(
+                e, m.start, 0 if kind == "tight" else lx.REACH))]
+            if after and after[0].label == ABNORMAL and len(after) > 1:
+                chain.append(after.pop(0))  # "not unlikely that the lesion is malignant": both
+            if after:
+                target = after[0]
                 target.first = True
                 if kind in ("neg", "tight") and t[a] in lx.TIGHT_NEGATORS and e - a == 1 and \
                         set(t[e:target.start]) <= lx.ARTICLES and target.start - e <= 1:
                     target.tight = True
-                chain = [target] + [m for m in ms if m.start > target.start]
-                keep = 1
-                while keep < len(chain) and (chain[keep].start < chain[keep - 1].end or _list_gap(
-                        t, chain[keep - 1].end, chain[keep].start, cue_at, chain[keep].end)):
-                    keep += 1
-                chain = chain[:keep]
+                start = next(i for i, m in enumerate(ms) if m is target)
+                chain += _chain(t, ms[start:], cue_at, backward=False)
         if not chain and kind in ("either", "back", "hedge_either"):
             before = [m for m in ms if m.end <= a]
             if before and clear(before[-1].end, a, 6):
-                chain = [before[-1]]
-                for m in reversed(before[:-1]):
-                    if not _list_gap(t, m.end, chain[-1].start, cue_at, len(t)):
-                        break
-                    chain.append(m)
+                chain = _chain(t, before[::-1], cue_at, backward=True)
         for m in chain:
             if kind.startswith("hedge"):
                 m.hedge = True
@@ -158,12 +173,13 @@ def _apply_cues(s: _Sentence, used: list[bool]) -> None:
 
 
 def _disjunctions(s: _Sentence) -> None:
-    """Mark alternatives of different labels ("benign or possibly malignant") uncertain."""
+    """Mark alternatives of different labels ("benign or possibly malignant", "A, maybe B") uncertain."""
     ms, t = s.mentions, s.tokens
     groups: list[list[Mention]] = []
     for i, m in enumerate(ms):
         gap = t[ms[i - 1].end:m.start] if i else []
-        if i and set(gap) & lx.DISJUNCTION and set(gap) <= lx.LIST_WORDS | lx.ARTICLES | lx.DISJUNCTION | HEDGE_WORDS:
+        joined = set(gap) & lx.DISJUNCTION or (set(gap) & HEDGE_WORDS and "and" not in gap)  # "A, possibly B"
+        if i and joined and set(gap) <= lx.LIST_WORDS | lx.ARTICLES | lx.DISJUNCTION | HEDGE_WORDS:
             groups[-1].append(m)
         else:
             groups.append([m])

@@ -14,14 +14,14 @@ from __future__ import annotations
 # "hedge"/"hedge_either": the same reach, but the mention becomes uncommitted instead of negated;
 # "neutral": idioms that contain a negator but negate nothing ("no doubt").
 CUES: dict[str, tuple[str, ...]] = {
-    "neg": ("no", "not", "without", "nor", "neither", "never", "absence of", "lack of", "lacks", "lacking",
+    "neg": ("no", "not", "nothing", "none", "without", "nor", "neither", "never", "absence of", "lack of", "lacks", "lacking",
             "negative for", "free of", "rule out", "rules out", "ruling out", "excludes", "excluding",
             "rather than", "instead of", "as opposed to", "against", "exclusion of"),
     "either": ("unlikely", "improbable", "excluded", "ruled out", "less likely", "not likely", "absent",
                "not seen", "not present", "not identified", "not detected", "not evident", "not visible",
                "not noted", "not observed", "not found", "not demonstrated", "not shown", "not apparent",
                "not suspected", "not favoured", "not favored", "not supported", "not confirmed",
-               "not the diagnosis", "not the case"),
+               "not the diagnosis", "not the case", ": no", ": none", ": negative", ": absent"),
     "back": ("negative", "intact", "free"),
     "tight": ("non",),
     "hedge": ("may", "might", "could", "possibly", "possible", "perhaps", "maybe", "questionable", "equivocal",
