@@ -122,8 +122,8 @@ def _chain(t: list[str], ordered: list[Mention], cue_at: set[int], backward: boo
         chain.append(m)
         gaps.append(gap)
     if backward:  # the link nearest the cue ends the list in reading order
-        return chain if not gaps or not set(gaps[0]) <= {","} else chain[:1]
-    while gaps and set(gaps[-1]) <= {","}:
+        return chain[:1] if gaps and gaps[0] and set(gaps[0]) <= {","} else chain
+    while gaps and gaps[-1] and set(gaps[-1]) <= {","}:
         gaps.pop()
         chain.pop()
     return chain
