@@ -28,7 +28,8 @@ from sim4seg.data.converters import (
     kvasir,
     tn3k,
 )
-from sim4seg.data.converters.common import LEFT_OUT, boxes_to_mask, polygons_to_mask, seeded_split
+from sim4seg.data.converters.masks import boxes_to_mask, polygons_to_mask
+from sim4seg.data.converters.splits import LEFT_OUT, seeded_split
 from sim4seg.data.vocab import M3DS_SUBSETS
 from sim4seg.errors import UserError
 
@@ -85,6 +86,24 @@ def test_cli_convert_and_unknown_source(tmp_path: Path, capsys) -> None:
     args = parser.parse_args(["convert", "--source", "nope", "--root", str(tmp_path), "--out", str(tmp_path)])
     with pytest.raises(UserError, match="unknown --source 'nope'"):
         args.func(args)
+
+
+def test_convert_that_writes_nothing_fails_and_says_why(tmp_path: Path, capsys) -> None:
+    # ChestX-Det's annotation JSONs without the images of train_data.zip/test_data.zip: every sample is missing.
+    root = tmp_path / "native"
+    root.mkdir()
+    for f in ("ChestX_Det_train.json", "ChestX_Det_test.json"):
+        shutil.copy(real("chestx_det") / f, root / f)
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(["convert", "--source", "chestx_det", "--root", str(root), "--out", str(tmp_path / "o")])
+    with pytest.raises(UserError, match=r"chestx_det: wrote 0 records .*have no image or mask file under --root"):
+        args.func(args)
+    assert "0 ChestX-Det record(s) written" in capsys.readouterr().out
+    # A rerun over a folder that already holds everything writes nothing too, but that is a resume, not a failure.
+    args = parser.parse_args(["convert", "--source", "busi", "--root", str(real("busi")), "--out", str(tmp_path)])
+    assert args.func(args) == 0
+    assert args.func(args) == 0
 
 
 def test_bad_root_is_a_user_error(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def check_dataset(root: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, worker
         except RecordError as e:
             schema_msg = str(e)
             report.problems.append(Problem(rec.id, where, _reason(schema_msg, prefix)))
-        if rec.subset in vocab and rec.modality in MODALITIES and rec.modality != vocab[rec.subset].modality:
+        if rec.subset in vocab and rec.modality != vocab[rec.subset].modality:
             report.problems.append(Problem(rec.id, where, f"modality {rec.modality!r} but subset {rec.subset} is "
                                                           f"{vocab[rec.subset].modality!r}"))
         if not isinstance(rec.query, str) or not rec.query.strip():

@@ -92,6 +92,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     opts = ConvertOptions(seed=args.seed, strict=args.strict, include_normal=args.include_normal)
     summary = CONVERTERS[args.source](args.root, args.out, opts)
     print(summary.line())
+    if (why := summary.empty_reason()) is not None:  # a run that converts nothing must not look like success
+        raise UserError(f"{args.source}: wrote 0 records to {args.out}: {why}")
     return 0
 
 

@@ -45,8 +45,11 @@ SEG_ANSWERS = (
     "[SEG].",
 )
 
+# How a modality reads before "image" ("a dermoscopic image"); any other modality is used as written ("CT").
 _MODALITY_ADJ = {"x-ray": "X-ray", "dermoscopy": "dermoscopic", "endoscopy": "endoscopic",
-                 "ultrasound": "ultrasound", "fundus": "fundus"}
+                 "ultrasound": "ultrasound", "fundus": "fundus", "ct": "CT", "mri": "MRI", "mr": "MR", "oct": "OCT",
+                 "pet": "PET", "colonoscopy": "colonoscopic", "mammography": "mammographic",
+                 "microscopy": "microscopic", "histopathology": "histopathology", "pathology": "pathology"}
 
 
 def _pick(options: tuple[str, ...], key: str) -> str:
@@ -60,8 +63,9 @@ def join_labels(labels: list[str] | tuple[str, ...], conj: str = "or") -> str:
 
 def query_for(subset: Subset, record_id: str) -> str:
     """A clinical query for a record: where is the finding, and which diagnosis. Deterministic per id."""
+    adj = _MODALITY_ADJ.get(subset.modality.lower(), subset.modality)
     fields = {"finding": subset.finding, "organ": subset.organ or "body", "modality": subset.modality,
-              "modality_adj": f"{subset.organ} {_MODALITY_ADJ[subset.modality]}".strip(),
+              "modality_adj": f"{subset.organ} {adj}".strip(),
               "choices": join_labels(subset.labels)}
     ask = _ASK if len(subset.labels) > 1 else _ASK_SINGLE
     return f"{_pick(_LOCATE, 'q' + record_id)} {_pick(ask, 'a' + record_id)}".format(**fields)

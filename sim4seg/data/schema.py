@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sim4seg.data.vocab import MODALITIES, SPLITS, Subset
+from sim4seg.data.vocab import SPLITS, Subset
 from sim4seg.errors import UserError
 
 RECORDS = "records.jsonl"
@@ -73,8 +73,8 @@ def validate_record(rec: Record, vocab: dict[str, Subset], root: Path) -> None:
     """Check the fields that need no file access: known subset/modality/split/labels, paths inside ``root``."""
     if rec.subset not in vocab:
         raise RecordError(f"record {rec.id!r}: unknown subset {rec.subset!r}; declare it in {root / 'subsets.json'}")
-    if rec.modality not in MODALITIES:
-        raise RecordError(f"record {rec.id!r}: unknown modality {rec.modality!r} (one of {', '.join(MODALITIES)})")
+    if not isinstance(rec.modality, str) or not rec.modality.strip():  # modalities are open (CT, MRI ...)
+        raise RecordError(f"record {rec.id!r}: modality must be a non-empty string, got {rec.modality!r}")
     if rec.split not in SPLITS:
         raise RecordError(f"record {rec.id!r}: unknown split {rec.split!r} (one of {', '.join(SPLITS)})")
     labels = vocab[rec.subset].labels

@@ -1,7 +1,8 @@
 """The one place that knows each subset: modality, diagnosis labels, their synonyms, and the finding's name.
 
 Prompts (query templates, answers) and the accuracy metric both read from here. A dataset folder may add
-its own subsets in ``subsets.json`` (same fields as :class:`Subset`); see :func:`load_vocabulary`.
+its own subsets in ``subsets.json`` (the fields of :class:`Subset`; documented in data/README.md); see
+:func:`load_vocabulary`.
 """
 
 from __future__ import annotations
@@ -12,17 +13,22 @@ from pathlib import Path
 
 from sim4seg.errors import UserError
 
+# The paper's five modalities (M3DS). Modalities are open: a subset may name any other ("CT", "MRI", "OCT" ...).
 MODALITIES = ("x-ray", "dermoscopy", "endoscopy", "ultrasound", "fundus")
 SPLITS = ("train", "val", "test")
+# subsets.json fields: required, then optional with their defaults (``name`` is the entry's key).
+REQUIRED_FIELDS = ("modality", "labels")
+OPTIONAL_FIELDS = {"finding": "lesion", "short": None, "organ": "", "synonyms": {}, "override": False}
 
 
 @dataclass(frozen=True)
 class Subset:
-    """One source dataset of M3DS.
+    """One source dataset of M3DS, or one declared in a dataset's ``subsets.json``.
 
-    ``labels`` are canonical diagnosis labels (lower case); ``synonyms`` maps an alternative phrase to its
-    canonical label; ``finding`` names what the mask shows ("fracture", "lesion", ...); ``short`` is the
-    column name used in the paper's tables.
+    ``modality`` is any non-empty string (the paper's five are :data:`MODALITIES`); ``labels`` are canonical
+    diagnosis labels (lower case); ``synonyms`` maps an alternative phrase to its canonical label; ``finding``
+    names what the mask shows ("fracture", "lesion", ...); ``short`` is the column name used in the paper's
+    tables; ``organ`` goes into the queries ("breast", "retina").
     """
 
     name: str
@@ -34,8 +40,10 @@ class Subset:
     synonyms: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.modality not in MODALITIES:
-            raise UserError(f"subset {self.name!r}: modality {self.modality!r} is not one of {', '.join(MODALITIES)}")
+        if not isinstance(self.modality, str) or not self.modality.strip():
+            raise UserError(f"subset {self.name!r}: modality must be a non-empty string, got {self.modality!r}")
+        if not self.labels or not all(isinstance(x, str) and x.strip() for x in self.labels):
+            raise UserError(f"subset {self.name!r}: labels must be a non-empty list of non-empty strings")
         for phrase, label in self.synonyms.items():
             if label not in self.labels:
                 raise UserError(f"subset {self.name!r}: synonym {phrase!r} points to unknown label {label!r}")
@@ -80,16 +88,39 @@ M3DS_SUBSETS: dict[str, Subset] = {
 }
 
 
-def subset_from_dict(name: str, d: dict) -> Subset:
-    """Build a :class:`Subset` from a ``subsets.json`` entry, naming the entry on a bad field."""
-    try:
-        return Subset(
-            name=name, modality=d["modality"], labels=tuple(x.lower() for x in d["labels"]),
-            finding=d.get("finding", "lesion"), short=d.get("short", name), organ=d.get("organ", ""),
-            synonyms={k.lower(): v.lower() for k, v in d.get("synonyms", {}).items()},
-        )
-    except KeyError as e:
-        raise UserError(f"subsets.json entry {name!r} lacks field {e.args[0]!r}") from None
+def _typed(where: str, key: str, value: object, kind: type, what: str) -> None:
+    if not isinstance(value, kind):
+        raise UserError(f"{where}: field {key!r} must be {what}, got {value!r}")
+
+
+def subset_from_dict(name: str, d: dict, where: str = "subsets.json") -> Subset:
+    """Build a :class:`Subset` from a ``subsets.json`` entry; a missing, unknown or mistyped field is an error
+    naming the entry and the field (a typo such as ``findings`` must not fall back to the default)."""
+    where = f"{where}: entry {name!r}"
+    if not isinstance(d, dict):
+        raise UserError(f"{where}: expected an object of fields, got {type(d).__name__}")
+    known = (*REQUIRED_FIELDS, *OPTIONAL_FIELDS)
+    unknown = [k for k in d if k not in known]
+    if unknown:
+        raise UserError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; the fields are "
+                        f"{', '.join(known)} (see data/README.md)")
+    missing = [k for k in REQUIRED_FIELDS if k not in d]
+    if missing:
+        raise UserError(f"{where}: lacks field(s) {', '.join(map(repr, missing))}")
+    _typed(where, "modality", d["modality"], str, "a string such as \"ultrasound\" or \"CT\"")
+    _typed(where, "labels", d["labels"], list, "a list of label strings")
+    for key in ("finding", "short", "organ"):
+        _typed(where, key, d.get(key, ""), str, "a string")
+    _typed(where, "synonyms", d.get("synonyms", {}), dict, "an object {phrase: label}")
+    _typed(where, "override", d.get("override", False), bool, "true or false")
+    if not all(isinstance(x, str) for x in [*d["labels"], *d.get("synonyms", {}), *d.get("synonyms", {}).values()]):
+        raise UserError(f"{where}: labels and synonyms must be strings")
+    return Subset(
+        name=name, modality=d["modality"].strip(), labels=tuple(x.strip().lower() for x in d["labels"]),
+        finding=d.get("finding", OPTIONAL_FIELDS["finding"]), short=d.get("short") or name,
+        organ=d.get("organ", OPTIONAL_FIELDS["organ"]),
+        synonyms={k.strip().lower(): v.strip().lower() for k, v in d.get("synonyms", {}).items()},
+    )
 
 
 def subset_to_dict(s: Subset) -> dict:
@@ -98,7 +129,10 @@ def subset_to_dict(s: Subset) -> dict:
 
 
 def load_vocabulary(root: str | Path | None = None) -> dict[str, Subset]:
-    """The M3DS subsets plus those declared in ``root/subsets.json`` (user or synthetic subsets)."""
+    """The M3DS subsets plus those declared in ``root/subsets.json`` (user or synthetic subsets).
+
+    An entry named like a built-in subset replaces it only with ``"override": true``.
+    """
     vocab = dict(M3DS_SUBSETS)
     if root is not None:
         path = Path(root) / "subsets.json"
@@ -107,6 +141,12 @@ def load_vocabulary(root: str | Path | None = None) -> dict[str, Subset]:
                 extra = json.loads(path.read_text())
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}: not valid JSON ({e}); fix or delete the file") from None
+            if not isinstance(extra, dict):
+                raise UserError(f"{path}: expected an object {{subset name: fields}}, got {type(extra).__name__}")
             for name, d in extra.items():
-                vocab[name] = subset_from_dict(name, d)
+                sub = subset_from_dict(name, d, str(path))
+                if name in M3DS_SUBSETS and not d.get("override", False):
+                    raise UserError(f"{path}: entry {name!r} would replace the built-in M3DS subset {name!r}; "
+                                    "rename it, or add \"override\": true to replace it on purpose")
+                vocab[name] = sub
     return vocab

@@ -14,18 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim4seg.data.converters.common import (
-    ConvertOptions,
-    ConvertSummary,
-    Item,
-    Reporter,
-    collect_yolo,
-    find_file,
-    normalise_label,
-    require,
-    run_converter,
-    yolo_class_names,
-)
+from sim4seg.data.converters.base import ConvertOptions, Item, Reporter
+from sim4seg.data.converters.layout import find_file, normalise_label, require
+from sim4seg.data.converters.yolo import collect_yolo, yolo_class_names
 from sim4seg.data.vocab import M3DS_SUBSETS
 from sim4seg.errors import UserError
 
@@ -48,7 +39,3 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
         return labels[cls]
 
     return collect_yolo(data_yaml.parent, rep, label_of), 0
-
-
-def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
-    return run_converter(SOURCE, SUBSET, collect, root, out, opts)

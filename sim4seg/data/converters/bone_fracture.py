@@ -10,16 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim4seg.data.converters.common import (
-    ConvertOptions,
-    ConvertSummary,
-    Item,
-    Reporter,
-    collect_yolo,
-    find_file,
-    run_converter,
-    yolo_class_names,
-)
+from sim4seg.data.converters.base import ConvertOptions, Item, Reporter
+from sim4seg.data.converters.layout import find_file
+from sim4seg.data.converters.yolo import collect_yolo, yolo_class_names
 
 SOURCE, SUBSET = "bone_fracture", "BoneFracture"
 
@@ -36,7 +29,3 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
         return "fracture"
 
     return collect_yolo(base, rep, label_of), 0
-
-
-def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
-    return run_converter(SOURCE, SUBSET, collect, root, out, opts)

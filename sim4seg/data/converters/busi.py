@@ -12,18 +12,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sim4seg.data.converters.common import (
-    IMAGE_EXTS,
-    ConvertOptions,
-    ConvertSummary,
-    Item,
-    Reporter,
-    apply_split,
-    find_dir,
-    require,
-    run_converter,
-    seeded_split,
-)
+from sim4seg.data.converters.base import ConvertOptions, Item, Reporter
+from sim4seg.data.converters.layout import IMAGE_EXTS, find_dir, require
+from sim4seg.data.converters.splits import apply_split, seeded_split
 
 SOURCE, SUBSET = "busi", "BUSI"
 COUNTS = {"train": 532, "val": 55, "test": 60}
@@ -64,7 +55,3 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
     assignment = seeded_split(lesion, COUNTS, opts.seed, total=TOTAL, salt=SUBSET)
     assignment.update(seeded_split(normal, COUNTS, opts.seed, salt=f"{SUBSET}/normal"))
     return apply_split(items, assignment)
-
-
-def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
-    return run_converter(SOURCE, SUBSET, collect, root, out, opts)

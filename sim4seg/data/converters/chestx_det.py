@@ -14,18 +14,9 @@ import json
 import os
 from pathlib import Path
 
-from sim4seg.data.converters.common import (
-    IMAGE_EXTS,
-    ConvertOptions,
-    ConvertSummary,
-    Item,
-    Reporter,
-    apply_split,
-    find_file,
-    normalise_label,
-    run_converter,
-    seeded_split,
-)
+from sim4seg.data.converters.base import ConvertOptions, Item, Reporter
+from sim4seg.data.converters.layout import IMAGE_EXTS, find_file, normalise_label
+from sim4seg.data.converters.splits import apply_split, seeded_split
 from sim4seg.data.vocab import M3DS_SUBSETS
 from sim4seg.errors import UserError
 
@@ -81,7 +72,3 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
     if not found_any:
         raise UserError(f"neither ChestX_Det_train.json nor ChestX_Det_test.json found under {root}")
     return items, 0
-
-
-def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
-    return run_converter(SOURCE, SUBSET, collect, root, out, opts)

@@ -11,18 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sim4seg.data.converters.common import (
-    ConvertOptions,
-    ConvertSummary,
-    Item,
-    Reporter,
-    apply_split,
-    find_dir,
-    list_images,
-    normalise_label,
-    run_converter,
-    seeded_split,
-)
+from sim4seg.data.converters.base import ConvertOptions, Item, Reporter
+from sim4seg.data.converters.layout import find_dir, list_images, normalise_label
+from sim4seg.data.converters.splits import apply_split, seeded_split
 from sim4seg.data.vocab import M3DS_SUBSETS
 from sim4seg.errors import UserError
 
@@ -67,7 +58,3 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
     if not items and not rep.missing:
         raise UserError(f"no FIVES train/Original/ or test/Original/ images under {root}")
     return items, 0
-
-
-def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
-    return run_converter(SOURCE, SUBSET, collect, root, out, opts)

@@ -10,16 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sim4seg.data.converters.common import (
-    ConvertOptions,
-    ConvertSummary,
-    Item,
-    Reporter,
-    find_dir,
-    read_csv_rows,
-    require,
-    run_converter,
-)
+from sim4seg.data.converters.base import ConvertOptions, Item, Reporter
+from sim4seg.data.converters.layout import find_dir, read_csv_rows, require
 from sim4seg.errors import UserError
 
 SOURCE, SUBSET = "fracatlas", "FracAtlas"
@@ -85,7 +77,3 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
         rep.warn(f"{len(unsplit)} annotated image(s) are in no split CSV and are left out, e.g. {unsplit[0]}")
     rep.missing_files(missing, coco_files[0].name, root, len(items))
     return items, 0
-
-
-def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
-    return run_converter(SOURCE, SUBSET, collect, root, out, opts)

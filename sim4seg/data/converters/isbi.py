@@ -13,20 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim4seg.data.converters.common import (
-    ConversionProblem,
-    ConvertOptions,
-    ConvertSummary,
-    IsicPart,
-    Item,
-    Reporter,
-    apply_split,
-    binary_flag,
-    collect_isic_style,
-    normalise_label,
-    run_converter,
-    seeded_split,
-)
+from sim4seg.data.converters.base import ConversionProblem, ConvertOptions, Item, Reporter
+from sim4seg.data.converters.isic_style import IsicPart, collect_isic_style
+from sim4seg.data.converters.layout import binary_flag, normalise_label
+from sim4seg.data.converters.splits import apply_split, seeded_split
 from sim4seg.data.vocab import M3DS_SUBSETS
 
 SOURCE, SUBSET = "isbi", "ISBI"
@@ -61,7 +51,3 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
         items += kept
         left_out += left
     return items, left_out
-
-
-def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
-    return run_converter(SOURCE, SUBSET, collect, root, out, opts)

@@ -10,17 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim4seg.data.converters.common import (
-    ConversionProblem,
-    ConvertOptions,
-    ConvertSummary,
-    IsicPart,
-    Item,
-    Reporter,
-    binary_flag,
-    collect_isic_style,
-    run_converter,
-)
+from sim4seg.data.converters.base import ConversionProblem, ConvertOptions, Item, Reporter
+from sim4seg.data.converters.isic_style import IsicPart, collect_isic_style
+from sim4seg.data.converters.layout import binary_flag
 from sim4seg.data.vocab import M3DS_SUBSETS
 
 SOURCE, SUBSET = "isic", "ISIC"
@@ -49,7 +41,3 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
             it.split = native
         items += part_items
     return items, 0
-
-
-def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
-    return run_converter(SOURCE, SUBSET, collect, root, out, opts)

@@ -11,18 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sim4seg.data.converters.common import (
-    ConvertOptions,
-    ConvertSummary,
-    Item,
-    Reporter,
-    apply_split,
-    find_dir,
-    list_images,
-    require,
-    run_converter,
-    seeded_split,
-)
+from sim4seg.data.converters.base import ConvertOptions, Item, Reporter
+from sim4seg.data.converters.layout import find_dir, list_images, require
+from sim4seg.data.converters.splits import apply_split, seeded_split
 
 SOURCE, SUBSET = "kvasir", "Kvasir-SEG"
 COUNTS = {"train": 801, "val": 99, "test": 100}
@@ -45,7 +36,3 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
     rep.missing_files(missing, "kavsir_bboxes.json / images/", root, len(items))
     universe = set(listed) | set(images)
     return apply_split(items, seeded_split(universe, COUNTS, opts.seed, total=1000, salt=SUBSET))
-
-
-def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
-    return run_converter(SOURCE, SUBSET, collect, root, out, opts)

@@ -11,22 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim4seg.data.converters.common import (
-    ConversionProblem,
-    ConvertOptions,
-    ConvertSummary,
-    Item,
-    Reporter,
-    apply_split,
-    binary_flag,
-    find_dir,
-    find_file,
-    list_images,
-    normalise_label,
-    read_csv_rows,
-    run_converter,
-    seeded_split,
-)
+from sim4seg.data.converters.base import ConversionProblem, ConvertOptions, Item, Reporter
+from sim4seg.data.converters.layout import binary_flag, find_dir, find_file, list_images, normalise_label, read_csv_rows
+from sim4seg.data.converters.splits import apply_split, seeded_split
 from sim4seg.data.vocab import M3DS_SUBSETS
 from sim4seg.errors import UserError
 
@@ -89,7 +76,3 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
     if not found_any:
         raise UserError(f"no TN3K trainval-image/ or test-image/ with label4*.csv under {root}")
     return items, 0
-
-
-def convert(root: str | Path, out: str | Path, opts: ConvertOptions | None = None) -> ConvertSummary:
-    return run_converter(SOURCE, SUBSET, collect, root, out, opts)
