@@ -14,3 +14,4 @@ python -m sim4seg.eval ckpt=runs/demo data.root=data/synthetic split=test mode=g
   max_new_tokens=64 overlays_per_subset=2
 python -m sim4seg.baselines --data data/synthetic --split test --results results/demo
 echo "demo finished in $(( $(date +%s) - start )) s; tables: results/demo/metrics.md, overlays: results/demo/overlays/"
+echo "open the app on this model: sim4seg app --ckpt runs/demo   (then http://127.0.0.1:7860)"
