@@ -9,6 +9,7 @@ seeded random init of the tiny and demo presets. Only safetensors are read here:
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -107,13 +108,24 @@ def _plain(name: str) -> str:
     return name.replace("lvlm.base_model.model.", "lvlm.", 1)
 
 
+def resolve_run_paths(cfg: DictConfig, run_dir: str | Path) -> DictConfig:
+    """A copy of ``cfg`` in which relative paths that exist inside ``run_dir`` point there: an export names its
+    own files (``lvlm/``, ``sam.safetensors``) relative to itself, so it loads from wherever it was moved."""
+    cfg = copy.deepcopy(cfg)
+    for key in ("model.lvlm.path", "model.sam.checkpoint"):
+        value = OmegaConf.select(cfg, key)
+        if value and not Path(value).is_absolute() and (Path(run_dir) / value).exists():
+            OmegaConf.update(cfg, key, str(Path(run_dir).resolve() / value))
+    return cfg
+
+
 def load_run(ckpt: str | Path, rvls2m: DictConfig | None = None) -> tuple[Sim4Seg, Processor, DictConfig]:
     """Rebuild the model of a run directory with its trained weights. ``rvls2m`` overrides the trained setting
     (e.g. RVLS2M at inference only, paper Table 4)."""
     ckpt = Path(ckpt)
     if not (ckpt / "config.yaml").exists():
         raise UserError(f"ckpt={ckpt}: no config.yaml there; pass a run directory written by sim4seg.train")
-    cfg = OmegaConf.load(ckpt / "config.yaml")
+    cfg = resolve_run_paths(OmegaConf.load(ckpt / "config.yaml"), ckpt)
     model, proc = build_model(cfg.model, rvls2m if rvls2m is not None else cfg.rvls2m, cfg.loss)
     load_trainable(model, ckpt / TRAINABLE)
     return model, proc, cfg
