@@ -12,7 +12,8 @@ from sim4seg.data.io import DEFAULT_MAX_PIXELS
 from sim4seg.errors import UserError
 
 # Kept here (not imported from the converters) so `sim4seg --help` does not load OpenCV; a test checks they agree.
-SOURCES = ("fracatlas", "bone_fracture", "bfd", "isbi", "isic", "kvasir", "busi", "tn3k", "chestx_det", "fives")
+SOURCES = ("fracatlas", "bone_fracture", "bfd", "isbi", "isic", "kvasir", "busi", "tn3k", "chestx_det", "fives",
+           "folder")
 
 
 def register(data_subparsers: argparse._SubParsersAction) -> None:

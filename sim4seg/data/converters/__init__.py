@@ -19,6 +19,7 @@ from sim4seg.data.converters import (
     busi,
     chestx_det,
     fives,
+    folder,
     fracatlas,
     isbi,
     isic,
@@ -33,6 +34,7 @@ Converter = Callable[[str | Path, str | Path, ConvertOptions | None], ConvertSum
 SOURCES = (fracatlas, bone_fracture, bfd, isbi, isic, kvasir, busi, tn3k, chestx_det, fives)
 
 CONVERTERS: dict[str, Converter] = {m.SOURCE: partial(run_converter, m.SOURCE, m.SUBSET, m.collect) for m in SOURCES}
+CONVERTERS[folder.SOURCE] = folder.convert  # your own data: its subset comes from its CSV and subsets.json
 SUBSET_OF: dict[str, str] = {m.SOURCE: m.SUBSET for m in SOURCES}  # source name -> M3DS subset name
 
 __all__ = ["CONVERTERS", "SUBSET_OF", "ConvertOptions", "ConvertSummary"]

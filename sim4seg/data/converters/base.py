@@ -42,6 +42,7 @@ class Item:
     polygons: list[list[float]] = field(default_factory=list)
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
     normalised: bool = False
+    query: str | None = None  # the record's query; None: one from prompts.query_for (source "folder" has its own)
 
 
 @dataclass

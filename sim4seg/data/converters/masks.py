@@ -7,10 +7,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 from pycocotools import mask as coco_mask
 
 from sim4seg.data.converters.base import ConversionProblem, Item
+from sim4seg.data.io import DEFAULT_MAX_PIXELS
+from sim4seg.data.readers.pil import open_image
+from sim4seg.data.schema import RecordError
 
 
 def read_given_mask(path: Path, hw: tuple[int, int]) -> np.ndarray:
@@ -20,9 +22,10 @@ def read_given_mask(path: Path, hw: tuple[int, int]) -> np.ndarray:
     binary (0/255 or 0/1; colour masks use their brightest channel); stray values mean a damaged or non-binary
     mask and are refused, as is a size different from the image's.
     """
+    if not path.exists():
+        raise ConversionProblem(f"{path}: mask file not found")
     try:
-        with Image.open(path) as im:
-            im.load()
+        with open_image(path, DEFAULT_MAX_PIXELS) as im:  # the one reader: EXIF orientation applied, as to images
             fmt = im.format
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 a = np.asarray(im)
@@ -32,8 +35,8 @@ def read_given_mask(path: Path, hw: tuple[int, int]) -> np.ndarray:
                 a = rgba[..., :3].max(axis=2)
                 if has_alpha:
                     a = np.where(rgba[..., 3] > 0, a, 0)  # transparent pixels are background
-    except FileNotFoundError:
-        raise ConversionProblem(f"{path}: mask file not found") from None
+    except RecordError as e:  # unreadable, or over the pixel limit: the reader's own line
+        raise ConversionProblem(str(e)) from None
     except Exception as e:  # PIL raises many types for damaged files
         raise ConversionProblem(f"{path}: unreadable mask ({type(e).__name__}: {e})") from None
     if a.shape != tuple(hw):

@@ -22,7 +22,7 @@ from sim4seg.data.converters.masks import build_mask
 from sim4seg.data.io import load_image
 from sim4seg.data.prompts import query_for
 from sim4seg.data.schema import RECORDS, Record, RecordError, append_records, iter_records
-from sim4seg.data.vocab import M3DS_SUBSETS, Subset
+from sim4seg.data.vocab import Subset, load_vocabulary
 from sim4seg.errors import UserError
 
 FLUSH_EVERY = 50  # records per durable append; a crash loses at most this many (their files are redone on rerun)
@@ -52,10 +52,13 @@ def convert_item(item: Item, subset: Subset, out: Path) -> Record:
     """Decode and check one item, write its image and mask under ``out``, return its record."""
     try:
         img = load_image(item.image)
-        with Image.open(item.image) as im:
-            fmt = im.format
     except RecordError as e:
         raise ConversionProblem(str(e)) from None
+    try:
+        with Image.open(item.image) as im:
+            fmt = im.format
+    except OSError:  # DICOM, NIfTI: decoded by sim4seg.data.readers, written as PNG
+        fmt = None
     hw = img.shape[:2]
     mask = build_mask(item, hw)
     # Keep the original bytes of JPEG and PNG files (no re-encoding loss); anything else becomes a PNG.
@@ -69,7 +72,7 @@ def convert_item(item: Item, subset: Subset, out: Path) -> Record:
     _atomic_write(out / rel_mask, lambda p: Image.fromarray(mask.astype(np.uint8) * 255, "L").save(p, format="PNG"))
     rid = f"{subset.name}/{item.name}"
     return Record(id=rid, subset=subset.name, modality=subset.modality, split=item.split, image=rel_img,
-                  mask=rel_mask, query=query_for(subset, rid), diagnosis=list(item.diagnosis), cot=None,
+                  mask=rel_mask, query=item.query or query_for(subset, rid), diagnosis=list(item.diagnosis), cot=None,
                   source=item.source)
 
 
@@ -84,7 +87,7 @@ def run_converter(source: str, subset_name: str, collect: Collect, root: str | P
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise UserError(f"--root {root} is not a folder (the unpacked {source} download)")
-    subset = M3DS_SUBSETS[subset_name]
+    subset = load_vocabulary(out)[subset_name]  # built-in, or declared in out/subsets.json (source "folder")
     rep = Reporter(source, opts.strict)
     items, left_out = collect(root, opts, rep)
     if not items and not rep.missing:

@@ -48,7 +48,9 @@ def open_image(path: Path, max_pixels: int, frame: int = 0, decode: bool = True)
             if not decode:
                 return img
             img.load()
-            return ImageOps.exif_transpose(img)
+            upright = ImageOps.exif_transpose(img)
+            upright.format = img.format  # the turned copy loses it; readers of masks and converters use it
+            return upright
     except RecordError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
