@@ -452,6 +452,32 @@ def test_bf16_masks_are_upsampled_in_fp32(tiny_bf16):
     assert torch.equal(d.logits, expected)
 
 
+def test_fp16_embedding_cache_halves_the_disk_and_keeps_the_masks(tiny, make_batch, tmp_path):
+    from sim4seg.errors import UserError
+    from sim4seg.model.embedding_cache import EmbeddingCache
+
+    model, _ = tiny
+    batch = make_batch(2)
+    caches = {d: EmbeddingCache(tmp_path, model.sam.image_encoder, d) for d in ("float32", "float16")}
+    assert caches["float32"].dir != caches["float16"].dir  # never read as each other
+    emb = {d: c(batch["sam_images"]) for d, c in caches.items()}  # misses: encoded and written
+    again = {d: c(batch["sam_images"]) for d, c in caches.items()}  # hits: read back
+    for d, c in caches.items():
+        assert c.hits == 2 and c.misses == 2
+        assert torch.equal(emb[d], again[d]) and emb[d].dtype == torch.float32  # a hit returns what a miss did
+    size = {d: sum(f.stat().st_size for f in c.dir.iterdir()) for d, c in caches.items()}
+    assert 0.49 < size["float16"] / size["float32"] < 0.51
+    torch.testing.assert_close(emb["float16"], emb["float32"], rtol=1e-3, atol=1e-4)
+    with configured(model, training=False), torch.no_grad():
+        masks = {d: model(dict(batch, sam_embeddings=e)).masks for d, e in emb.items()}
+    for a, b in zip(masks["float32"], masks["float16"]):
+        torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=1e-3)  # measured: 2e-5
+        differ = (a.logits > 0) != (b.logits > 0)  # only pixels right at the threshold may flip
+        assert differ.float().mean() < 1e-3 and (a.logits[differ].abs() < 1e-3).all()
+    with pytest.raises(UserError, match="cache_dtype='bfloat16'"):
+        EmbeddingCache(tmp_path, model.sam.image_encoder, "bfloat16")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Losses
 # ------------------------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def train(cfg: DictConfig) -> dict:
     total_steps = planned_steps(stream.micro_per_epoch, t, world)
     val = val_loader(cfg, proc, dev.type == "cuda") if t.eval_every else None
     engine, scheduler = initialize(model, cfg, world, total_steps, dev)
-    cache = EmbeddingCache(t.cache_dir, engine.module.sam.image_encoder) if t.cache_sam_embeddings else None
+    cache = EmbeddingCache(t.cache_dir, engine.module.sam.image_encoder, t.cache_dtype) if t.cache_sam_embeddings else None
     ckpt = Checkpointer(run.checkpoints, engine, rank, world, t.keep_checkpoints)
     state = ckpt.load(stream.micro_per_epoch) if t.resume and ckpt.exists() else TrainState()
     if changes and rank == 0:
