@@ -6,7 +6,7 @@ the measured code where possible, repeats, and reports medians and ratios (the C
 
 NAME:
   generate    KV-cached generation (Sim4Seg.generate) vs LISA's no-cache loop (whole sequence re-run per token)
-  tts         test-time scaling m=4 x n=4 (sim4seg.eval.generate_rows) vs one plain pass and vs 16 passes
+  tts         test-time scaling m=4 x n=4 (sim4seg.evaluation.rows.generate_rows) vs one plain pass and vs 16 passes
   train_step  one training step broken down by component, with and without the SAM-embedding cache
   loader      DataLoader throughput on 1024+ px images (1 and 2 workers) vs the model's consumption rate
   metrics     gIoU/cIoU over 1,000 masks of 1024x1024: sim4seg.metrics vs a plain per-mask numpy loop
@@ -279,7 +279,8 @@ def forced_generation(sample: bool = False) -> Iterator[None]:
         proc = _ForceSegFixedLength(self.seg_token_id, kw.get("eos_token_id"), batch["input_ids"].shape[1])
         if sample:
             kw["do_sample"] = True
-        return original(self, batch, *a, logits_processor=LogitsProcessorList([proc]), **kw)
+        kw["logits_processor"] = LogitsProcessorList([proc, *(kw.get("logits_processor") or [])])
+        return original(self, batch, *a, **kw)
 
     Sim4Seg.generate = generate
     try:
@@ -290,7 +291,7 @@ def forced_generation(sample: bool = False) -> Iterator[None]:
 
 def bench_tts(rep: Report, quick: bool, repeats: int) -> None:
     from sim4seg.data.dataset import M3DSDataset, collate
-    from sim4seg.eval import generate_rows
+    from sim4seg.evaluation.rows import generate_rows
 
     m, n, n_indep = 4, 4, 16
     max_new = 8 if quick else 64

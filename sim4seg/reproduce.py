@@ -89,7 +89,7 @@ def train_run(mode: Mode, exp: str, extra: tuple[str, ...] = ()) -> Path:
 
 def eval_run(mode: Mode, exp: str, run: Path, variant: str = "", extra: tuple[str, ...] = ()) -> dict:
     """Evaluate a run on the test split unless done; returns its metrics.json."""
-    from sim4seg.eval import evaluate
+    from sim4seg.evaluation import evaluate
 
     out = mode.out / "evals" / (exp + (f"-{variant}" if variant else ""))
     if not (out / "metrics.json").exists():
@@ -292,8 +292,8 @@ def fig5(mode: Mode, n: int = 4) -> Path:
 
     from sim4seg.data.dataset import M3DSDataset, collate
     from sim4seg.data.io import load_image, load_mask
+    from sim4seg.evaluation.figures import region_on_image
     from sim4seg.model.checkpoint import load_run
-    from sim4seg.report import region_on_image
 
     runs = {who: train_run(mode, exp) for who, exp in (("LISA", "lisa_ft_cot"), ("Sim4Seg", "sim4seg_ft_cot"))}
     outs = {}

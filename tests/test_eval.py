@@ -1,4 +1,5 @@
-"""Evaluation: files written, resume, TTS semantics (m = n = 1 equals plain generation; oracle never worse)."""
+"""Evaluation: files written, resume, TTS semantics (m = n = 1 equals plain generation; oracle never worse),
+generation budget and truncation counts, batching, the embedding cache, per-sample similarity spread."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from sim4seg.data.synthetic import write_synthetic
 from sim4seg.errors import UserError
-from sim4seg.eval import evaluate
+from sim4seg.evaluation import evaluate
 from sim4seg.model.sim4seg import Sim4Seg
-from sim4seg.train import train
+from sim4seg.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = str(ROOT / "sim4seg" / "configs")
@@ -58,7 +59,8 @@ def force_seg(monkeypatch):
 
     def generate(self, batch, *a, **kw):
         proc = ForceSegThenStop(self.seg_token_id, kw["eos_token_id"], batch["input_ids"].shape[1])
-        return original(self, batch, *a, logits_processor=LogitsProcessorList([proc]), **kw)
+        kw["logits_processor"] = LogitsProcessorList([proc, *(kw.get("logits_processor") or [])])
+        return original(self, batch, *a, **kw)
 
     monkeypatch.setattr(Sim4Seg, "generate", generate)
 
@@ -89,6 +91,8 @@ def test_teacher_and_generate_write_every_file(setup, tmp_path, force_seg):
     gen = rows(tmp_path / "generate")
     assert all(r["n_seg"] == 1 and "flags" in r and r["answer"].startswith("[SEG]") for r in gen)
     assert list((tmp_path / "generate" / "overlays").glob("*.png"))
+    teacher = json.loads((tmp_path / "teacher" / "metrics.json").read_text())
+    assert teacher["max_new_tokens"] is None and teacher["overall"]["truncated"] is None  # nothing generated
 
 
 def test_interrupted_eval_resumes_to_identical_metrics(setup, tmp_path, force_seg):
@@ -158,3 +162,88 @@ def test_checkpoint_that_does_not_match_the_config_is_refused(setup, tmp_path):
         ev(data, bad, tmp_path / "x")
 
 
+
+
+def test_budget_is_derived_from_the_data_and_truncated_answers_are_counted(setup, tmp_path, force_seg):
+    """max_new_tokens=null: the longest answer of the data (diagnosis format) + the margin; answers cut by the
+    budget are counted per subset, overall, in metrics.json and beside Acc in metrics.md."""
+    from sim4seg.data.prompts import answer_for
+    from sim4seg.data.schema import iter_records
+    from sim4seg.evaluation.run import BUDGET_MARGIN, COT_MIN_BUDGET, generation_budget
+    from sim4seg.model.checkpoint import load_run
+
+    data, run = setup
+    _, proc, _ = load_run(run)
+    recs = [r for _, r in iter_records(data)]
+    longest = max(len(proc.tokens(r.query, answer_for("diagnosis", r.id, r.diagnosis, None))[0]) -
+                  len(proc.tokens(r.query)[0]) for r in recs)
+    assert generation_budget(data, proc, "diagnosis") == longest + BUDGET_MARGIN
+    assert generation_budget(data, proc, "cot") >= COT_MIN_BUDGET  # CoT answers are never cut short
+    res = evaluate(compose_cfg("eval", [f"ckpt={run}", f"data.root={data}", f"out={tmp_path / 'derived'}",
+                                        "progress=false", "batch_size=6", "max_samples=6"]))
+    assert res["max_new_tokens"] == longest + BUDGET_MARGIN and res["overall"]["truncated"] == 0
+    cut = ev(data, run, tmp_path / "cut", "max_new_tokens=2")  # [SEG] at step 0, EOS only at step 2: all cut
+    assert cut["max_new_tokens"] == 2
+    assert cut["overall"]["truncated"] == cut["n_samples"] == sum(s["truncated"] for s in cut["subsets"].values())
+    md = (tmp_path / "cut" / "metrics.md").read_text()
+    assert "| Method | gIoU | cIoU | Acc | Truncated |" in md and "| Truncated |" in md
+    assert f"| {cut['n_samples']} |" in md.split("## Overall")[1]
+    assert ev(data, run, tmp_path / "whole")["overall"]["truncated"] == 0
+
+
+def test_batched_generation_equals_batch_size_one(setup, tmp_path, force_seg):
+    data, run = setup
+    ev(data, run, tmp_path / "b1", "batch_size=1")
+    ev(data, run, tmp_path / "b5", "batch_size=5")  # left-padded prompts of several images in one generate call
+    one, five = (sorted(rows(tmp_path / b), key=lambda r: r["id"]) for b in ("b1", "b5"))
+    assert strip_spread(one) == strip_spread(five)
+
+
+def strip_spread(rs: list[dict]) -> list[dict]:
+    """Rows without ``sim_std``, checked here to float tolerance: a diagnostic statistic of the hidden states,
+    which batched matmuls round differently in the last bits (masks, answers and counts stay exact)."""
+    for r in rs:
+        s = r.pop("sim_std", None)
+        r["sim_std"] = None if s is None else [round(x, 4) for x in s]
+    return rs
+
+
+def test_sam_embeddings_are_reused_across_evaluations_of_a_checkpoint(setup, tmp_path, force_seg, monkeypatch):
+    import shutil
+
+    from sim4seg.model.embedding_cache import EmbeddingCache
+
+    data, run = setup
+    run = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints", "sam_embedding_cache"))
+    stats = []
+    original = EmbeddingCache.__call__
+
+    def spy(self, sam_images):
+        h, m = self.hits, self.misses
+        out = original(self, sam_images)
+        stats.append((self.hits - h, self.misses - m))
+        return out
+
+    monkeypatch.setattr(EmbeddingCache, "__call__", spy)
+    first = ev(data, run, tmp_path / "first", "mode=teacher")
+    assert sum(m for _, m in stats) == first["n_samples"] and (run / "sam_embedding_cache").is_dir()
+    stats.clear()
+    second = ev(data, run, tmp_path / "second", "mode=generate")
+    assert sum(h for h, _ in stats) == second["n_samples"] and sum(m for _, m in stats) == 0
+
+
+def test_similarity_spread_is_written_per_sample(setup, tmp_path, force_seg, monkeypatch):
+    """Where the model reports Eq. 4's spread (Decoded.sim_std), samples.jsonl carries it in both modes."""
+    data, run = setup
+    original = Sim4Seg.segment
+
+    def segment(self, *a, **kw):
+        out = original(self, *a, **kw)
+        for d in out:
+            d.sim_std = torch.full((d.logits.shape[0],), 2.5)
+        return out
+
+    monkeypatch.setattr(Sim4Seg, "segment", segment)
+    for mode in ("teacher", "generate"):
+        ev(data, run, tmp_path / mode, f"mode={mode}", "max_samples=3")
+        assert all(r["sim_std"] == [2.5] for r in rows(tmp_path / mode))
