@@ -71,12 +71,32 @@ def query_for(subset: Subset, record_id: str) -> str:
     return f"{_pick(_LOCATE, 'q' + record_id)} {_pick(ask, 'a' + record_id)}".format(**fields)
 
 
-def answer_for(fmt: str, record_id: str, diagnosis: list[str], cot: str | None) -> str:
-    """The target answer in one of the three fine-tuning formats; ``None`` when ``cot`` is needed but missing."""
+# A negative's answer: no [SEG] (no mask), so no new vocabulary (sim4seg.metrics.negatives).
+NO_FINDING = "No abnormality is found."
+
+
+def answer_for(fmt: str, record_id: str, diagnosis: list[str], cot: str | None, *, negative: bool = False,
+               targets: list[str] | None = None) -> str | None:
+    """The target answer in one of the three fine-tuning formats; ``None`` when ``cot`` is needed but missing.
+
+    ``negative``: an image with no finding; the answer says so without ``[SEG]`` ("No abnormality is found.
+    The diagnosis is normal."). ``targets``: the labels of several findings in the record's order; each is
+    named and followed by its own ``[SEG]`` ("The findings are effusion [SEG] and nodule [SEG]."), one target
+    mask per ``[SEG]`` in that order. One target or none: the paper's single-[SEG] answers.
+    """
+    if fmt not in ANSWER_FORMATS:
+        raise ValueError(f"answer format {fmt!r} is not one of {ANSWER_FORMATS}")
+    if fmt == "cot" and not cot:
+        return None
+    if negative:
+        lead = NO_FINDING
+    elif targets and len(targets) > 1:
+        findings = join_labels([f"{label} {SEG_TOKEN}" for label in targets], "and")
+        lead = f"{'Sure, the' if fmt == 'seg' else 'The'} findings are {findings}."  # LISA's "Sure, ..." for seg
+    else:
+        lead = _pick(SEG_ANSWERS, record_id) if fmt == "seg" else f"It is {SEG_TOKEN}."
     if fmt == "seg":
-        return _pick(SEG_ANSWERS, record_id)
+        return lead
     if fmt == "diagnosis":
-        return f"It is {SEG_TOKEN}. The diagnosis is {join_labels(diagnosis, 'and')}."
-    if fmt == "cot":
-        return None if not cot else f"It is {SEG_TOKEN}. {cot.strip()}"
-    raise ValueError(f"answer format {fmt!r} is not one of {ANSWER_FORMATS}")
+        return f"{lead} The diagnosis is {join_labels(diagnosis, 'and')}."
+    return f"{lead} {cot.strip()}"
