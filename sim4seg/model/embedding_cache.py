@@ -26,7 +26,8 @@ STORAGE = {"float32": torch.float32, "float16": torch.float16}
 
 
 def module_fingerprint(module: nn.Module) -> str:
-    h = hashlib.sha256()
+    # The class too: the fast encoder (sim4seg.model.fast_encoder) has the same weights but not bit-identical outputs.
+    h = hashlib.sha256(type(module).__qualname__.encode())
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
