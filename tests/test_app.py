@@ -37,7 +37,7 @@ def free_port() -> int:
 def server(tmp_path_factory):
     """(url, folder) of `sim4seg app --ckpt RUN` started as a user would, stopped after the module."""
     base = tmp_path_factory.mktemp("app")
-    run = tiny_run(base)
+    run = tiny_run(base, says_seg=True)  # answers with [SEG]: masks, region and SAM's IoU are shown
     port = free_port()
     log = open(base / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "sim4seg.cli", "app", "--ckpt", str(run), "--port", str(port),
@@ -75,12 +75,14 @@ def test_gradio_client_answers_and_bad_input_is_one_message(server, tmp_path):
     url, _ = server
     client = Client(url, verbose=False, download_files=str(tmp_path / "dl"))
     img = picture(tmp_path / "scan.png")
-    answer_md, overlay, _region, sam_iou, mask_png = client.predict(
+    answer_md, overlay, region, sam_iou, mask_png = client.predict(
         image=handle_file(str(img)), question="Where is the tumor? Is it benign or malignant?", api_name="/answer")
-    assert answer_md.startswith("**Diagnosis:**") and "<details>" in answer_md and sam_iou
+    assert answer_md.startswith("**Diagnosis:**") and "[SEG]" in answer_md and "<details>" in answer_md
+    assert 0 < float(sam_iou) <= 1
     size = Image.open(img).size
-    assert Image.open(overlay).size == size and Image.open(mask_png).size == size
-    assert set(np.unique(np.asarray(Image.open(mask_png)))) <= {0, 255}
+    assert Image.open(overlay).size == size and Image.open(region).size == size
+    mask = np.asarray(Image.open(mask_png))
+    assert mask.shape == size[::-1] and set(np.unique(mask)) == {0, 255}
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -97,8 +99,8 @@ def test_gradio_client_answers_and_bad_input_is_one_message(server, tmp_path):
 
     dcm = write_dicom(tmp_path / "ct.dcm", np.full((40, 30), 1064, np.uint16), RescaleSlope=1, RescaleIntercept=-1024)
     out = client.predict(image=handle_file(dcm), question="Where is the lesion?", m=2, n=2, api_name="/answer")
-    # 40 HU in the soft tissue window is 128 (test_readers); green is 128 wherever no mask is drawn over it.
-    assert np.asarray(Image.open(out[1]))[..., 1].max() == 128
+    # 40 HU in the soft tissue window is 128 (test_readers): the picture under the mask and region shading.
+    assert Image.open(out[1]).size == (30, 40) and np.asarray(Image.open(out[1]))[..., 1].max() == 128
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here: install Debian's with `apt-get install chromium` "
@@ -122,6 +124,7 @@ def test_browser_upload_ask_answer(server, tmp_path):
         page.locator("#ask").click()
         page.locator("#answer").get_by_text("Diagnosis").wait_for(timeout=90_000)
         page.locator("#overlay img").wait_for(timeout=30_000)
+        page.locator("#region img").wait_for(timeout=30_000)
         page.locator("#mask-file").get_by_text("scan_mask").wait_for(timeout=30_000)
         shot = tmp_path / "app.png"
         page.screenshot(path=str(shot), full_page=True)

@@ -28,13 +28,16 @@ BUSI = ROOT.parent / "shared" / "realdata" / "busi" / "Dataset_BUSI_with_GT" / "
 Q = "Where is the tumor?"
 
 
-def tiny_run(base: Path) -> Path:
-    """A finished 2-step run of the tiny preset (what every predict/app test loads)."""
+def tiny_run(base: Path, says_seg: bool = False) -> Path:
+    """A finished run of the tiny preset: 2 steps (its answers never contain [SEG], so nothing is drawn over the
+    picture), or with ``says_seg`` 6 steps on segmentation answers at a high learning rate, after which it answers
+    "Sure, it is [SEG]." and masks are decoded."""
     data = write_synthetic(base / "data", n=12, seed=2, progress=False)
-    train(compose("train", ["model=tiny", f"data.root={data}", f"train.output_dir={base / 'run'}",
-                            "train.max_steps=2", "train.micro_batch=2", "train.grad_accum=1", "train.warmup_steps=1",
-                            "train.eval_every=0", "train.save_every=0", "train.progress=false",
-                            "wandb.mode=disabled"]))
+    steps = ["train.max_steps=6", "train.micro_batch=4", "train.lr=5e-3", "data.answer_format=seg"] if says_seg \
+        else ["train.max_steps=2", "train.micro_batch=2"]
+    train(compose("train", ["model=tiny", f"data.root={data}", f"train.output_dir={base / 'run'}", *steps,
+                            "train.grad_accum=1", "train.warmup_steps=1", "train.eval_every=0", "train.save_every=0",
+                            "train.progress=false", "wandb.mode=disabled"]))
     return base / "run"
 
 
