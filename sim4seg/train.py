@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
-import hydra
-from omegaconf import DictConfig
+from sim4seg import deps
 
-from sim4seg.runtime import strip_launcher_args, user_errors
-from sim4seg.training import train
-from sim4seg.training.run_dir import RunDir
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
-@hydra.main(version_base=None, config_path="pkg://sim4seg.configs", config_name="train")
-@user_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
+    from sim4seg.training import train
+    from sim4seg.training.run_dir import RunDir
+
     try:
         train(cfg)
     except KeyboardInterrupt:
@@ -31,6 +31,15 @@ def main(cfg: DictConfig) -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    deps.require(deps.TRAIN, "training")  # before the imports that need them
+    import hydra
+
+    from sim4seg.runtime import strip_launcher_args, user_errors
+
     strip_launcher_args()
+    hydra.main(version_base=None, config_path="pkg://sim4seg.configs", config_name="train")(user_errors(run))()
+
+
+if __name__ == "__main__":
     main()

@@ -1,8 +1,10 @@
-"""Bad input end to end: `data check`, training (skip / raise) and evaluation over a matrix of damaged files and
-records; kills during training and evaluation; safe loading."""
+"""Bad input end to end: `data check`, training (skip / raise, the skip limit, records without the answer's
+fields, a plan without steps) and evaluation over a matrix of damaged files and records; kills during training
+and evaluation; safe loading."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -215,13 +217,13 @@ def all_bad(clean, tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def test_training_skips_and_counts_bad_records(all_bad, tmp_path):
-    from sim4seg.train import train
+    from sim4seg.training import train
 
     root, expect = all_bad
     bad_train = sum(1 for r in read_lines(root) if r and r.get("split") == "train" and r["id"] in expect)
     out = tmp_path / "run"
     final = train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={out}", "train.epochs=1",
-                                "train.max_steps=100"]))
+                                "train.max_steps=100", "data.max_skip_fraction=1"]))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert final["skipped"] == bad_train  # files that fail to load, counted as they come
     # records.jsonl lines unusable at all: the malformed line, the duplicate id, and the record-level cases
@@ -243,7 +245,7 @@ def read_lines(root: Path) -> list[dict | None]:
 
 
 def test_training_with_raise_stops_before_the_first_step(all_bad, tmp_path):
-    from sim4seg.train import train
+    from sim4seg.training import train
 
     root, _ = all_bad
     out = tmp_path / "run"
@@ -254,13 +256,79 @@ def test_training_with_raise_stops_before_the_first_step(all_bad, tmp_path):
     assert not (out / "metrics.jsonl").exists()
 
 
+def test_raise_pre_check_runs_no_image_transform(tiny, clean, tmp_path, monkeypatch):
+    """data.on_error=raise checks files, sizes, mask values and token lengths without the CLIP/SAM transforms
+    (before, it built every sample through them)."""
+    from sim4seg.data.dataset import M3DSDataset
+    from sim4seg.model.processor import Processor
+
+    def no_transform(self, image):
+        raise AssertionError("the pre-check ran an image transform")
+
+    monkeypatch.setattr(Processor, "clip", no_transform)
+    monkeypatch.setattr(Processor, "sam", no_transform)
+    _, proc = tiny
+    assert len(M3DSDataset(clean, "train", proc, "diagnosis", "raise", MAX_PIXELS))
+    root, expect = damaged_copy(clean, tmp_path / "d", {k: BAD[k] for k in ("truncated_png", "mask_zero_one")})
+    with pytest.raises(UserError) as e:
+        M3DSDataset(root, "train", proc, "diagnosis", "raise", MAX_PIXELS)
+    assert any(rid in str(e.value) or text in str(e.value) for rid, text in expect.items()), str(e.value)
+    with pytest.raises(UserError, match="exceed the context"):
+        M3DSDataset(clean, "train", dataclasses.replace(proc, max_length=8), "diagnosis", "raise", MAX_PIXELS)
+
+
+def test_records_without_cot_stop_before_the_first_step(clean, tmp_path):
+    """Converted data has "cot": null; CoT answers then stop at once, saying what to run or set (before: every
+    sample was skipped and the run 'finished' at step 0 with exit code 0)."""
+    from sim4seg.training import train
+
+    root = tmp_path / "d"
+    shutil.copytree(clean, root)
+    write(root, [{**r, "cot": None} for r in read(root)])
+    out = tmp_path / "run"
+    with pytest.raises(UserError) as e:
+        train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={out}", "data.answer_format=cot"]))
+    assert "have no CoT" in str(e.value) and "sim4seg data cot" in str(e.value)
+    assert "data.answer_format=diagnosis" in str(e.value)
+    assert not (out / "metrics.jsonl").exists() and not (out / "finished.json").exists()
+
+
+def test_too_many_unusable_samples_stop_the_run(clean, tmp_path):
+    from sim4seg.training import train
+
+    cases = {name: BAD[name] for name in ("truncated_png", "zero_byte", "not_an_image")}
+    root, _ = damaged_copy(clean, tmp_path / "d", cases)  # 3 of the train split's ~24 samples (> 5%)
+    out = tmp_path / "run"
+    # stops as soon as the epoch's limit is certainly passed (2 > 0.05 x 25), not at the epoch's end
+    with pytest.raises(UserError, match=r"\d of \d+ training samples of epoch 0 could not be used, more than "
+                                        r"data.max_skip_fraction=0.05"):
+        train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={out}", "train.epochs=1"]))
+    assert not (out / "finished.json").exists()
+    final = train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={tmp_path / 'ok'}", "train.epochs=1",
+                                "data.max_skip_fraction=0.2"]))
+    assert final["skipped"] == 3
+    assert json.loads((tmp_path / "ok" / "finished.json").read_text())["steps_done"] == final["step"] > 0
+
+
+def test_a_plan_without_optimizer_steps_is_refused(clean, tmp_path):
+    """Fewer micro-batches than one accumulation window: refused before step 1 (before: exit 0 at step 0)."""
+    from sim4seg.training import train
+
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="no optimizer step"):
+        train(cfg("train", [*TRAIN, f"data.root={clean}", f"train.output_dir={out}", "train.epochs=1",
+                            "train.grad_accum=1000"]))
+    assert not (out / "finished.json").exists() and not (out / "trainable.safetensors").exists()
+
+
 def test_eval_reports_error_rows_and_leaves_them_out(all_bad, tmp_path):
-    from sim4seg.eval import evaluate
-    from sim4seg.train import train
+    from sim4seg.evaluation import evaluate
+    from sim4seg.training import train
 
     root, expect = all_bad
     run = tmp_path / "run"
-    train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={run}", "train.max_steps=1"]))
+    train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={run}", "train.max_steps=1",
+                        "data.max_skip_fraction=1"]))
     out = tmp_path / "ev"
     res = evaluate(cfg("eval", [f"ckpt={run}", f"data.root={root}", f"out={out}", "mode=teacher",
                                 "progress=false", f"data.max_pixels={MAX_PIXELS}"]))
@@ -319,7 +387,7 @@ def test_kill_at_random_moments_including_checkpoint_writes_then_resume(clean, t
 
 
 def test_kill_during_eval_then_rerun_gives_identical_metrics(clean, tmp_path):
-    from sim4seg.train import train
+    from sim4seg.training import train
 
     run = tmp_path / "run"
     train(cfg("train", [*TRAIN, f"data.root={clean}", f"train.output_dir={run}", "train.max_steps=1"]))
