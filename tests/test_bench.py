@@ -18,6 +18,7 @@ EXTRA_KEYS = {
     "train_step": {"samples_per_s_cache", "samples_per_s_no_cache", "rvls2m_pct_cache"},
     "loader": {"ratio_1_worker", "ratio_2_workers", "consumption_samples_per_s"},
     "metrics": {"masks_per_s_ours", "masks_per_s_loop", "identical"},
+    "encoder": {"max_abs_diff", "images_per_s_fast", "images_per_s_unmodified", "gflops_fast", "matmul_gflops"},
 }
 
 
@@ -51,14 +52,17 @@ def test_generate_baseline_matches_cached_tokens():
     """The no-cache loop is a faithful baseline: same greedy tokens as transformers' cached generation."""
     import torch
 
-    _, model, proc = bench.build(["model=tiny", "model.lora.enabled=false"])
+    from sim4seg.bench.common import build
+    from sim4seg.bench.generate import lisa_no_cache_generate, prompt_batch
+
+    _, model, proc = build(["model=tiny", "model.lora.enabled=false"])
     model.eval()
-    batch = bench._prompt_batch(model, proc)
+    batch = prompt_batch(model, proc)
     eos = proc.tokenizer.eos_token_id
     with torch.no_grad():
         g = model.generate(batch, max_new_tokens=5, min_new_tokens=5, eos_token_id=eos,
                            pad_token_id=proc.tokenizer.pad_token_id)[0].tokens
-    assert g == bench.lisa_no_cache_generate(model.lvlm, batch, 5, [eos])
+    assert g == lisa_no_cache_generate(model.lvlm, batch, 5, [eos])
 
 
 def test_gpu_check_tiny_in_process(capsys):
