@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +51,32 @@ def answer_markdown(answer: str, diagnosis: str, flags: list[str]) -> str:
     return "\n\n".join(lines)
 
 
+def respond(predictor, image: str | Path, question: str, options: ReadOptions, m: int = 1, n: int = 1,
+            select: str = DEPLOYABLE[0], out_dir: Path | None = None, logits_processor=None) -> tuple[tuple, object]:
+    """One request of the app: read, predict, draw. -> ((answer markdown, overlay RGB [H, W, 3], region overlay
+    or None, SAM IoU text, mask PNG path), the :class:`~sim4seg.inference.Prediction` with ``timings`` of
+    reading, sam_encoder, generation, decoding and output). ``logits_processor``: a benchmark's fixed answer."""
+    from sim4seg.inference import overlay, write_mask_png
+
+    picture, pred = predictor.predict_file(image, question, options, m=m, n=n, select=select,
+                                           logits_processor=logits_processor)
+    t0 = time.perf_counter()
+    mask_png = Path(out_dir or tempfile.mkdtemp(prefix="sim4seg-app-")) / f"{Path(image).name.split('.')[0]}_mask.png"
+    write_mask_png(mask_png, pred.mask)
+    region = overlay(picture, np.zeros_like(pred.mask), pred.region) if pred.region is not None else None
+    iou = "no mask ([SEG] not generated)" if pred.sam_iou is None else f"{pred.sam_iou:.3f}"
+    outputs = (answer_markdown(pred.answer, pred.diagnosis, pred.flags), overlay(picture, pred.mask, pred.region),
+               region, iou, str(mask_png))
+    pred.timings["output"] = time.perf_counter() - t0
+    return outputs, pred
+
+
 def build_app(predictor):
     """The Gradio Blocks of the app around ``predictor`` (a :class:`~sim4seg.inference.Predictor`)."""
     import gradio as gr
 
     from sim4seg.data.io import load_image
     from sim4seg.data.schema import RecordError
-    from sim4seg.inference import overlay, write_mask_png
 
     out_dir = Path(tempfile.mkdtemp(prefix="sim4seg-app-"))
 
@@ -82,19 +102,14 @@ def build_app(predictor):
         if not image:
             raise gr.Error("upload an image first", print_exception=False)
         try:
-            picture = load_image(image, predictor.max_pixels, options(frame, axis, nifti_slice, window))
-            pred = predictor.predict(picture, question, int(m), int(n), select, sample_id=Path(image).name)
-        except (UserError, RecordError) as e:
+            outputs, _ = respond(predictor, image, question, options(frame, axis, nifti_slice, window), int(m),
+                                 int(n), select, Path(tempfile.mkdtemp(dir=out_dir)))
+        except UserError as e:
             raise refuse(e, image) from None
-        mask_png = Path(tempfile.mkdtemp(dir=out_dir)) / f"{Path(image).name.split('.')[0]}_mask.png"
-        write_mask_png(mask_png, pred.mask)
-        region = overlay(picture, np.zeros_like(pred.mask), pred.region) if pred.region is not None else None
-        iou = "no mask ([SEG] not generated)" if pred.sam_iou is None else f"{pred.sam_iou:.3f}"
-        return (answer_markdown(pred.answer, pred.diagnosis, pred.flags), overlay(picture, pred.mask, pred.region),
-                region, iou, str(mask_png))
+        return outputs
 
     with gr.Blocks(title="Sim4Seg") as demo:
-        gr.Markdown(f"## Sim4Seg: diagnosis and segmentation\nModel: `{predictor.ckpt}`. Research use only; not a "
+        gr.Markdown(f"## Sim4Seg: diagnosis and segmentation\nModel: `{predictor.name}`. Research use only; not a "
                     "medical device.")
         with gr.Row():
             with gr.Column():
@@ -143,7 +158,7 @@ def serve(ckpt: str | Path | None, host: str = "127.0.0.1", port: int = 7860, ma
     deps.require(deps.APP, "sim4seg app")
     from sim4seg.inference import Predictor
 
-    demo = build_app(Predictor(run, max_new_tokens))
+    demo = build_app(Predictor.from_run(run, max_new_tokens))
     try:
         demo.queue(default_concurrency_limit=1).launch(server_name=host, server_port=port, ssr_mode=False,
                                                         show_error=True, footer_links=["api"])

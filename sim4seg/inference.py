@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from transformers import LogitsProcessorList
 
 from sim4seg.config import CONFIG_DIR
@@ -32,6 +32,8 @@ from sim4seg.evaluation.run import COT_MIN_BUDGET
 from sim4seg.inputs import validate_query, validate_tts
 from sim4seg.metrics import diagnosis_span
 from sim4seg.model.checkpoint import load_run, require_finished
+from sim4seg.model.processor import Processor
+from sim4seg.model.sim4seg import Sim4Seg
 from sim4seg.runtime import device as default_device
 
 DEFAULT_BUDGET = 128  # new tokens for seg/diagnosis answers; CoT answers get COT_MIN_BUDGET
@@ -76,27 +78,34 @@ def _sync() -> None:
 
 
 class Predictor:
-    """A trained run loaded once, answering any number of requests (images of any size, any supported format).
+    """A model loaded once, answering any number of requests (images of any size, any supported format).
 
-    ckpt: a finished run or export directory. max_new_tokens: None = 128, or 384 for CoT-trained runs.
+    :meth:`from_run` loads a finished run or export directory (what ``predict`` and the app do); the constructor
+    takes a built model (benchmarks). max_new_tokens: None = 128, or 384 for CoT-trained models.
     """
 
-    def __init__(self, ckpt: str | Path, max_new_tokens: int | None = None, device: torch.device | None = None):
-        require_finished(ckpt)
-        self.ckpt = Path(ckpt)
-        self.model, self.proc, self.cfg = load_run(ckpt)
+    def __init__(self, model: Sim4Seg, proc: Processor, cfg: DictConfig, max_new_tokens: int | None = None,
+                 device: torch.device | None = None, name: str = ""):
+        self.model, self.proc, self.cfg, self.name = model, proc, cfg, name
         self.device = device or default_device()
         self.model.to(self.device).eval()
-        self.answer_format = str(self.cfg.data.answer_format)
+        self.answer_format = str(cfg.data.answer_format)
         self.fmt = self.answer_format if self.answer_format in ("cot", "diagnosis") else "auto"
         self.max_new_tokens = max_new_tokens or (COT_MIN_BUDGET if self.answer_format == "cot" else DEFAULT_BUDGET)
-        self.max_pixels = int(self.cfg.data.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self.max_pixels = int(cfg.data.get("max_pixels", DEFAULT_MAX_PIXELS))
         self.tts = OmegaConf.load(CONFIG_DIR / "eval.yaml").tts  # temperature, top_p and perturbation settings
         self._decoder_time = _Stopwatch(self.model.sam.mask_decoder)
 
+    @classmethod
+    def from_run(cls, ckpt: str | Path, max_new_tokens: int | None = None) -> Predictor:
+        require_finished(ckpt)
+        model, proc, cfg = load_run(ckpt)
+        return cls(model, proc, cfg, max_new_tokens, name=str(ckpt))
+
     def predict_file(self, path: str | Path, query: str, options: ReadOptions = DEFAULT, max_pixels: int | None = None,
-                     **kw) -> Prediction:
-        """Read ``path`` with the one reader, then :meth:`predict`; ``timings['reading']`` is the file's."""
+                     **kw) -> tuple[np.ndarray, Prediction]:
+        """Read ``path`` with the one reader, then :meth:`predict`: (the picture as read, RGB uint8 [H, W, 3], its
+        prediction); ``timings['reading']`` is the file's."""
         query = validate_query(query)
         t0 = time.perf_counter()
         try:
@@ -106,7 +115,7 @@ class Predictor:
         reading = time.perf_counter() - t0
         pred = self.predict(image, query, sample_id=Path(path).name, **kw)
         pred.timings = {"reading": reading, **pred.timings}
-        return pred
+        return image, pred
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, query: str, m: int = 1, n: int = 1, select: str = "consensus",
@@ -115,16 +124,17 @@ class Predictor:
         ``logits_processor`` goes to generation (e.g. a benchmark's or a test's forced tokens)."""
         query = validate_query(query)
         validate_tts(m, n, select)
+        t0 = time.perf_counter()
         try:
-            sample = self.proc.sample(image, query, None, None, sample_id)
+            sample = self.proc.sample(image, query, None, None, sample_id)  # CLIP view, SAM frame, token ids
         except ValueError as e:
             raise UserError(str(e)) from None
         batch = self.proc.collate([sample], left_pad=True)
         batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         batch["ids"] = [sample_id]
         t = self.tts
-        timings = {}
         _sync()
+        timings = {"preprocessing": time.perf_counter() - t0}
         t0 = time.perf_counter()
         batch["sam_embeddings"] = self.model.encode_images(batch.pop("sam_images"))
         _sync()

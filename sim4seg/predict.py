@@ -43,7 +43,7 @@ def run_max_pixels(ckpt: str | Path) -> int:
 def _predictor(ckpt: str | Path, max_new_tokens: int | None):
     from sim4seg.inference import Predictor  # torch and the model only once the inputs are known to be usable
 
-    return Predictor(ckpt, max_new_tokens)
+    return Predictor.from_run(ckpt, max_new_tokens)
 
 
 def _stem(path: str | Path) -> str:
@@ -157,7 +157,7 @@ def predict_batch(ckpt: str | Path, images: str | Path, out: str | Path, query: 
         (out / MASKS).mkdir(parents=True, exist_ok=True)
         for it in tqdm(valid, desc="predict", unit="img", disable=True if progress is False else None, file=sys.stderr):
             try:
-                pred = predictor.predict_file(it.path, it.query, options, max_pixels, m=m, n=n, select=select)
+                _, pred = predictor.predict_file(it.path, it.query, options, max_pixels, m=m, n=n, select=select)
             except UserError as e:
                 fail(it, str(e))
                 continue

@@ -19,6 +19,7 @@ EXTRA_KEYS = {
     "loader": {"ratio_1_worker", "ratio_2_workers", "consumption_samples_per_s"},
     "metrics": {"masks_per_s_ours", "masks_per_s_loop", "identical"},
     "encoder": {"max_abs_diff", "images_per_s_fast", "images_per_s_unmodified", "gflops_fast", "matmul_gflops"},
+    "app": {"reading_s", "sam_encoder_s", "generation_s", "decoding_s", "n_seg"},
 }
 
 
@@ -66,14 +67,16 @@ def test_generate_baseline_matches_cached_tokens():
 
 
 def test_gpu_check_tiny_in_process(capsys):
-    """scripts/gpu_check.py end to end at tiny sizes on the CPU (DeepSpeed ZeRO-2 steps, gc on/off, generation)."""
+    """scripts/gpu_check.py end to end at tiny sizes on the CPU (DeepSpeed ZeRO-2 steps, gc on/off, generation,
+    the fast encoder against the library's forward)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import gpu_check
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     results = gpu_check.main(["--tiny", "--in-process", "--steps", "2", "--gen-tokens", "4"])
-    assert [r["config"] for r in results] == ["train_gc_on", "train_gc_off", "generate"]
+    assert [r["config"] for r in results] == ["train_gc_on", "train_gc_off", "generate", "encoder"]
     assert all(r["status"] == "ok" for r in results), results
     assert results[2]["identical_tokens"]
+    assert results[3]["encoders"][0]["fast_max_abs_diff"] <= 1e-4
     assert "GPU check summary" in capsys.readouterr().out

@@ -162,7 +162,7 @@ def test_bad_input_is_one_line_before_the_model_loads(run, tmp_path, capsys, mon
 
 def test_predictor_decodes_a_forced_seg(run):
     """With [SEG] generated, the answer carries a mask of the image's size, SAM's IoU and the region mask."""
-    p = inference.Predictor(run, max_new_tokens=3)
+    p = inference.Predictor.from_run(run, max_new_tokens=3)
     assert next(p.model.parameters()).device.type == p.device.type  # sim4seg.runtime.device(): cuda when present
     tok = p.proc.tokenizer
     image = np.random.default_rng(1).integers(0, 255, (60, 80, 3), np.uint8)
@@ -171,7 +171,7 @@ def test_predictor_decodes_a_forced_seg(run):
     assert pred.n_seg == 1 and "[SEG]" in pred.answer and pred.flags == []
     assert pred.mask.shape == (60, 80) and pred.seg_masks.shape == (1, 60, 80) and pred.sam_iou is not None
     assert pred.region is not None and pred.region.shape == (60, 80) and pred.region.any()
-    assert set(pred.timings) == {"sam_encoder", "generation", "decoding"} and pred.timings["decoding"] > 0
+    assert set(pred.timings) == {"preprocessing", "sam_encoder", "generation", "decoding"} and pred.timings["decoding"] > 0
     # Test-time scaling (deployable selection) on the same path: m x n candidates, one answer.
     force = LogitsProcessorList([ForceSeg(p.model.seg_token_id, tok.eos_token_id)])
     tts = p.predict(image, Q, m=2, n=3, select="sam_score", logits_processor=force)

@@ -11,6 +11,7 @@ NAME (one module of this package each):
   loader      DataLoader throughput on 1024+ px images (1 and 2 workers) vs the model's consumption rate
   metrics     gIoU/cIoU over 1,000 masks of 1024x1024: sim4seg.metrics vs a plain per-mask numpy loop
   encoder     LiteMedSAM's frozen image encoder: the fast path vs the unmodified encoder, GFLOP/s vs a matmul
+  app         one app request (512 x 512, demo preset) split into reading, SAM encoder, generation, decoding
   all         every benchmark above, in that order
 
 A table goes to stdout (to stderr with ``--json``, which prints one JSON object per line on stdout instead; the
@@ -25,12 +26,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from sim4seg.bench import encoder, generate, loader, metrics, train_step, tts
+from sim4seg.bench import app, encoder, generate, loader, metrics, train_step, tts
 from sim4seg.bench.common import Report
 
 RUNNERS: dict[str, Callable[[Report, bool, int], None]] = {
     "generate": generate.run, "tts": tts.run, "train_step": train_step.run, "loader": loader.run,
-    "metrics": metrics.run, "encoder": encoder.run,
+    "metrics": metrics.run, "encoder": encoder.run, "app": app.run,
 }
 BENCHMARKS = tuple(RUNNERS)
 
