@@ -24,12 +24,13 @@ from sim4seg.data.converters import (
     busi,
     chestx_det,
     fives,
+    fracatlas,
     isbi,
     kvasir,
     tn3k,
 )
 from sim4seg.data.converters.masks import boxes_to_mask, polygons_to_mask
-from sim4seg.data.converters.splits import LEFT_OUT, seeded_split
+from sim4seg.data.converters.splits import LEFT_OUT, negatives_split, seeded_split
 from sim4seg.data.vocab import M3DS_SUBSETS
 from sim4seg.errors import UserError
 
@@ -83,6 +84,11 @@ def test_cli_convert_and_unknown_source(tmp_path: Path, capsys) -> None:
     args = parser.parse_args(["convert", "--source", "busi", "--root", str(real("busi")), "--out", str(tmp_path)])
     assert args.func(args) == 0
     assert "7 BUSI record(s) written" in capsys.readouterr().out
+    args = parser.parse_args(["convert", "--source", "busi", "--root", str(real("busi")), "--out", str(tmp_path / "n"),
+                              "--negatives", "--per-finding-targets"])
+    assert args.func(args) == 0
+    assert "9 BUSI record(s) written (train 8, val 0, test 1); 2 of them negatives (no finding); 1 of them with " \
+           "per-finding targets" in capsys.readouterr().out
     args = parser.parse_args(["convert", "--source", "nope", "--root", str(tmp_path), "--out", str(tmp_path)])
     with pytest.raises(UserError, match="unknown --source 'nope'"):
         args.func(args)
@@ -195,13 +201,57 @@ def test_busi_multi_mask_union_and_normal(tmp_path: Path) -> None:
     m0 = np.asarray(Image.open(root / "benign/benign (4)_mask.png").convert("L")) > 0
     union = mask_of(tmp_path / "a", recs["BUSI/benign (4)"])
     assert union.sum() > m0.sum()
-    # normal: left out by default, kept (with an empty mask) on request
-    CONVERTERS["busi"](root.parent, tmp_path / "b", ConvertOptions(include_normal=True))
-    normal = [r for r in records(tmp_path / "b") if r["diagnosis"] == ["normal"]]
-    assert len(normal) == 2 and not any(mask_of(tmp_path / "b", r).any() for r in normal)
-    # the lesion images keep the split they get without the normal class
-    other = {r["id"]: r["split"] for r in records(tmp_path / "b") if r["diagnosis"] != ["normal"]}
-    assert other == {rid: r["split"] for rid, r in recs.items()}
+    # normal: left out by default; with --negatives kept as negatives (no mask file), on their own split
+    summary = CONVERTERS["busi"](root.parent, tmp_path / "b", ConvertOptions(negatives=True))
+    normal = {r["id"]: r for r in records(tmp_path / "b") if r["diagnosis"] == ["normal"]}
+    assert set(normal) == {"BUSI/normal (1)", "BUSI/normal (2)"} and summary.negatives == 2
+    assert all(r["mask"] is None and "targets" not in r for r in normal.values())
+    assert not (tmp_path / "b/masks/BUSI/normal (1).png").exists()
+    own = negatives_split(["normal (1)", "normal (2)"], busi.COUNTS, 0, "BUSI")
+    assert {rid: r["split"] for rid, r in normal.items()} == {f"BUSI/{k}": v for k, v in own.items()}
+    # the lesion images keep their records (split included) exactly
+    assert {r["id"]: r for r in records(tmp_path / "b") if r["mask"]} == recs
+    assert check_dataset(tmp_path / "b").ok
+
+
+def test_busi_per_finding_targets(tmp_path: Path) -> None:
+    root = real("busi") / "Dataset_BUSI_with_GT"
+    summary = CONVERTERS["busi"](root.parent, tmp_path, ConvertOptions(per_finding_targets=True))
+    recs = {r["id"]: r for r in records(tmp_path)}
+    assert summary.with_targets == 1 and [k for k, r in recs.items() if "targets" in r] == ["BUSI/benign (4)"]
+    rec = recs["BUSI/benign (4)"]
+    files = [np.asarray(Image.open(root / f"benign/benign (4){s}.png").convert("L")) > 0 for s in ("_mask", "_mask_1")]
+    got = [mask_of(tmp_path, {"mask": t["mask"]}) for t in rec["targets"]]
+    assert [t["label"] for t in rec["targets"]] == ["benign", "benign"]
+    # one target per mask file, left to right; the record's mask stays their union
+    by_x = sorted(files, key=lambda m: np.nonzero(m)[1].mean())
+    assert all((g == f).all() for g, f in zip(got, by_x, strict=True))
+    assert (mask_of(tmp_path, rec) == (files[0] | files[1])).all()
+    assert check_dataset(tmp_path).ok
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_fracatlas_negatives_from_dataset_csv(tmp_path: Path, capsys) -> None:
+    root = real("fracatlas")
+    CONVERTERS["fracatlas"](root, tmp_path / "paper")
+    summary = CONVERTERS["fracatlas"](root, tmp_path / "neg", ConvertOptions(negatives=True))
+    recs = {r["id"]: r for r in records(tmp_path / "neg")}
+    negatives = {k: r for k, r in recs.items() if r["mask"] is None}
+    present = sorted(p.stem for p in (root / "FracAtlas/images/Non_fractured").glob("*.jpg"))
+    assert sorted(k.split("/")[1] for k in negatives) == present and summary.negatives == len(present)
+    assert all(r["diagnosis"] == ["normal"] for r in negatives.values())
+    # the split is drawn over every non-fractured image dataset.csv lists (3,366: IMG0003298 is marked 0 there but
+    # annotated, so it stays a positive), whichever are present
+    with open(root / "FracAtlas/dataset.csv") as f:
+        listed = [row["image_id"][:-4] for row in csv.DictReader(f) if row["fractured"] == "0"]
+    assert len(listed) == 3367 and "IMG0003298" in listed
+    listed.remove("IMG0003298")
+    full = negatives_split(listed, fracatlas.COUNTS, 0, "FracAtlas")
+    assert all(r["split"] == full[k.split("/")[1]] for k, r in negatives.items())
+    # the positives are exactly the paper-setting records
+    assert {k: r for k, r in recs.items() if r["mask"]} == {r["id"]: r for r in records(tmp_path / "paper")}
+    assert "3364 file(s) listed in dataset.csv (not fractured) are missing" in capsys.readouterr().err
+    assert check_dataset(tmp_path / "neg").ok
 
 
 def test_kvasir_jpeg_masks_are_thresholded(tmp_path: Path, capsys) -> None:
@@ -309,6 +359,75 @@ def test_chestx_det_findings_only(tmp_path: Path, capsys) -> None:
     full = seeded_split(listed, chestx_det.TEST_COUNTS, 0, salt="ChestX-Det")
     for r in with_findings[3:]:
         assert recs["ChestX-Det/" + Path(r["file_name"]).stem]["split"] == full[Path(r["file_name"]).stem]
+
+
+def test_chestx_det_negatives_and_per_finding_targets(tmp_path: Path) -> None:
+    src = real("chestx_det")
+    root = tmp_path / "native"
+    root.mkdir()
+    for f in ("ChestX_Det_train.json", "ChestX_Det_test.json"):
+        shutil.copy(src / f, root / f)
+    train = json.loads((src / "ChestX_Det_train.json").read_text())
+    test = json.loads((src / "ChestX_Det_test.json").read_text())
+    several = next(r for r in train if len(set(r["syms"])) > 2)
+    neg_train, neg_test = [r for r in train if not r["syms"]][:2], [r for r in test if not r["syms"]][:2]
+    for i, r in enumerate([several, *neg_train, *neg_test]):  # blank images, each its own grey
+        part = "train" if r in train else "test"
+        gray_png(root / f"{part}_data/{part}" / r["file_name"], np.full((1024, 1024), 40 + i))
+    CONVERTERS["chestx_det"](root, tmp_path / "paper")
+    summary = CONVERTERS["chestx_det"](root, tmp_path / "out", ConvertOptions(negatives=True, per_finding_targets=True))
+    recs = {r["id"].split("/")[1]: r for r in records(tmp_path / "out")}
+    assert summary.negatives == 4 and summary.with_targets == 1
+    for r in neg_train + neg_test:
+        rec = recs[Path(r["file_name"]).stem]
+        assert rec["mask"] is None and rec["diagnosis"] == ["normal"]
+    assert all(recs[Path(r["file_name"]).stem]["split"] == "train" for r in neg_train)
+    listed = [Path(r["file_name"]).stem for r in test if not r["syms"]]
+    assert len(listed) == 64  # ChestX-Det's test "No Finding" images; their val/test draw is over all of them
+    own = negatives_split(listed, chestx_det.TEST_COUNTS, 0, "ChestX-Det")
+    assert all(recs[Path(r["file_name"]).stem]["split"] == own[Path(r["file_name"]).stem] for r in neg_test)
+    # one target per (sym, polygon), left to right by centroid; their union is the record's mask
+    rec = recs[Path(several["file_name"]).stem]
+    polys = [np.array(p, float) for p in several["polygons"]]
+    order = sorted(range(len(polys)), key=lambda i: (polygons_to_mask([polys[i].ravel().tolist()], (1024, 1024))
+                                                     .nonzero()[1].mean()))
+    assert [t["label"] for t in rec["targets"]] == [several["syms"][i].lower() for i in order]
+    union = np.logical_or.reduce([mask_of(tmp_path / "out", {"mask": t["mask"]}) for t in rec["targets"]])
+    assert (union == mask_of(tmp_path / "out", rec)).all()
+    paper = records(tmp_path / "paper")
+    assert [r["id"] for r in paper] == [rec["id"]] and {k: v for k, v in rec.items() if k != "targets"} == paper[0]
+    assert check_dataset(tmp_path / "out").ok
+
+
+@pytest.mark.parametrize("source,folder,data", [("bone_fracture", "roboflow_bone_fracture", "."),
+                                                 ("bfd", "bone_fracture_darabi", "BoneFractureYolo8")])
+def test_yolo_negatives_are_images_without_shapes(tmp_path: Path, source: str, folder: str, data: str) -> None:
+    base = tmp_path / "native"
+    shutil.copytree(real(folder), base)
+    base = base / data
+    empty = sorted(p.stem for p in (base / "test/labels").glob("*.txt") if not p.read_text().strip())
+    # An image without any label file is a background image too (Ultralytics' convention).
+    shutil.copy(next((base / "test/images").glob(f"{empty[0]}.*")), base / "test/images/unlabelled.jpg")
+    CONVERTERS[source](base, tmp_path / "paper")
+    summary = CONVERTERS[source](base, tmp_path / "out", ConvertOptions(negatives=True, per_finding_targets=True))
+    recs = {r["id"].split("/")[-1]: r for r in records(tmp_path / "out")}
+    negatives = sorted(k for k, r in recs.items() if r["mask"] is None)
+    assert negatives == sorted([*empty, "unlabelled"]) and summary.negatives == len(negatives)
+    assert all(recs[k]["split"] == "test" and recs[k]["diagnosis"] == ["normal"] for k in negatives)
+    with_targets = [r for r in recs.values() if "targets" in r]
+    assert len(with_targets) == summary.with_targets > 0
+    for r in with_targets:
+        lines = (base / r["source"]["label"]).read_text().split("\n")
+        assert len(r["targets"]) == len([x for x in lines if x.strip()])
+    assert {r["id"]: {k: v for k, v in r.items() if k != "targets"} for r in recs.values() if r["mask"]} == \
+        {r["id"]: r for r in records(tmp_path / "paper")}
+    assert check_dataset(tmp_path / "out").ok
+
+
+def test_negative_options_warn_where_there_is_nothing(tmp_path: Path, capsys) -> None:
+    CONVERTERS["kvasir"](real("kvasir_seg"), tmp_path, ConvertOptions(negatives=True, per_finding_targets=True))
+    err = capsys.readouterr().err
+    assert "--negatives: no image without a finding" in err and "--per-finding-targets: no image with several" in err
 
 
 def test_isic2017_layout_with_real_masks(tmp_path: Path) -> None:

@@ -152,3 +152,29 @@ def test_stats_counts_a_duplicated_line_once(clean: Path) -> None:
     assert stats.sizes["BUSI"]["train"] == 1 and stats.skipped_lines == 1
     assert "1 unparseable line(s)" in format_stats(stats)
     assert json.loads(first)["id"] == "BUSI/a"
+
+
+def test_negatives_and_targets_are_checked_and_counted(clean: Path) -> None:
+    neg = Record(id="BUSI/n", subset="BUSI", modality="ultrasound", split="val", image="images/BUSI/n.png", mask=None,
+                 query="Please segment the tumor.", diagnosis=["normal"])
+    two = _rec("BUSI/t", split="test")
+    Image.fromarray(np.full((12, 16, 3), 7, np.uint8)).save(clean / neg.image)
+    a, b = np.zeros((12, 16), np.uint8), np.zeros((12, 16), np.uint8)
+    a[2:6, 3:9], b[8:10, 1:4] = 255, 255
+    _write(clean, two, seed=8, mask=a | b)
+    two.targets = [{"label": "benign", "mask": "masks/BUSI/t_0.png"}, {"label": "malignant", "mask": "masks/BUSI/t_1.png"}]
+    Image.fromarray(a, "L").save(clean / "masks/BUSI/t_0.png")
+    Image.fromarray(b, "L").save(clean / "masks/BUSI/t_1.png")
+    recs = [Record(**json.loads(x)) for x in (clean / "records.jsonl").read_text().splitlines()]
+    _dataset(clean, [*recs, neg, two])
+    assert check_dataset(clean).ok  # a negative has no mask file; the targets add up to the mask
+    stats = dataset_stats(clean)
+    assert stats.sizes["BUSI"] == {"train": 1, "val": 1, "test": 2}
+    assert stats.negatives["BUSI"] == {"train": 0, "val": 1, "test": 0} and stats.several["BUSI"] == 1
+    lines = format_stats(stats).splitlines()
+    assert lines[0].endswith("Test  Train neg  Val neg  Test neg  Several")
+    assert {line.split()[0]: line.split()[-7:] for line in lines[1:]}["BUSI"] == ["1", "1", "2", "0", "1", "0", "1"]
+    # a target mask that is not part of the union is a problem
+    Image.fromarray(np.zeros((12, 16), np.uint8), "L").save(clean / "masks/BUSI/t_1.png")
+    problems = check_dataset(clean).problems
+    assert [(p.record, p.reason[:38]) for p in problems] == [("BUSI/t", "mask is not the union of the 2 targets")]

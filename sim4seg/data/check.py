@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from sim4seg.data.io import DEFAULT_MAX_PIXELS, exif_turn, image_size, load_image, load_mask
@@ -50,7 +51,10 @@ def _reason(msg: str, *prefixes: str) -> str:
     return msg
 
 
-def _check_files(rec: Record, img_path: Path, mask_path: Path, max_pixels: int) -> tuple[list[Problem], str | None]:
+def _check_files(rec: Record, img_path: Path, masks: list[tuple[str, Path]], max_pixels: int,
+                 ) -> tuple[list[Problem], str | None]:
+    """Decode the image and each of ``masks`` ((record path, file): the mask and the targets' masks); the
+    targets' masks must add up to the mask."""
     problems, digest, hw = [], None, None
     try:
         img = load_image(img_path, max_pixels)
@@ -59,11 +63,18 @@ def _check_files(rec: Record, img_path: Path, mask_path: Path, max_pixels: int) 
         digest = hashlib.blake2b(repr(img.shape).encode() + img.tobytes(), digest_size=16).hexdigest()
     except RecordError as e:
         problems.append(Problem(rec.id, rec.image, _reason(str(e), f"{img_path}: ")))
-    try:
-        load_mask(mask_path, hw, max_pixels)
-    except RecordError as e:
-        problems.append(Problem(rec.id, rec.mask, _exif_hint(img_path, mask_path, hw, max_pixels)
-                                or _reason(str(e), f"{mask_path}: ")))
+    decoded = []
+    for rel, path in masks:
+        try:
+            decoded.append(load_mask(path, hw, max_pixels))
+        except RecordError as e:
+            problems.append(Problem(rec.id, rel, _exif_hint(img_path, path, hw, max_pixels)
+                                    or _reason(str(e), f"{path}: ")))
+    union_ok = not rec.targets or rec.mask is None or len(decoded) < len(masks) \
+        or np.array_equal(decoded[0], np.logical_or.reduce(decoded[1:]))
+    if not union_ok:
+        problems.append(Problem(rec.id, rec.mask, f"mask is not the union of the {len(decoded) - 1} targets' masks "
+                                                  "(the paper's single-mask setting reads 'mask')"))
     return problems, digest
 
 
@@ -119,15 +130,18 @@ def check_dataset(root: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, worker
                                                           f"{vocab[rec.subset].modality!r}"))
         if not isinstance(rec.query, str) or not rec.query.strip():
             report.problems.append(Problem(rec.id, where, "empty query"))
-        paths = {}
-        for key in ("image", "mask"):
+        files = [("image", rec.image)] + ([("mask", rec.mask)] if rec.mask is not None else [])
+        files += [(f"targets[{j}].mask", t.get("mask") if isinstance(t, dict) else None)
+                  for j, t in enumerate(rec.targets or [])]
+        paths = []
+        for key, rel in files:
             try:
-                paths[key] = resolve_path(root, getattr(rec, key), rec.id, key)
+                paths.append((rel, resolve_path(root, rel, rec.id, key)))
             except (RecordError, TypeError) as e:
                 if str(e) != schema_msg:  # validate_record already said it
                     report.problems.append(Problem(rec.id, where, _reason(str(e), prefix)))
-        if len(paths) == 2:
-            jobs.append((rec, paths["image"], paths["mask"]))
+        if len(paths) == len(files):
+            jobs.append((rec, paths[0][1], paths[1:]))
 
     workers = workers or min(8, os.cpu_count() or 1)
     by_hash: dict[str, list[Record]] = defaultdict(list)
@@ -185,9 +199,11 @@ MODALITY_HEADERS = {"x-ray": "X-ray", "dermoscopy": "Dermoscopy", "endoscopy": "
 
 @dataclass
 class Stats:
-    sizes: dict[str, dict[str, int]]       # subset -> split -> n
+    sizes: dict[str, dict[str, int]]       # subset -> split -> n positives (the paper's Table 1)
     modalities: dict[str, set[str]]        # subset -> modalities of its records
     skipped_lines: int = 0
+    negatives: dict[str, dict[str, int]] = field(default_factory=dict)  # subset -> split -> n negatives
+    several: dict[str, int] = field(default_factory=dict)  # subset -> n records with several targets
 
 
 def dataset_stats(root: str | Path) -> Stats:
@@ -201,27 +217,37 @@ def dataset_stats(root: str | Path) -> Stats:
         if rec.id in seen:
             continue
         seen.add(rec.id)
-        stats.sizes.setdefault(rec.subset, dict.fromkeys(SPLITS, 0))
-        stats.sizes[rec.subset][rec.split] = stats.sizes[rec.subset].get(rec.split, 0) + 1
+        for table in (stats.sizes, stats.negatives):
+            table.setdefault(rec.subset, dict.fromkeys(SPLITS, 0))
+        count = stats.negatives if rec.is_negative else stats.sizes
+        count[rec.subset][rec.split] = count[rec.subset].get(rec.split, 0) + 1
+        stats.several[rec.subset] = stats.several.get(rec.subset, 0) + bool(rec.targets)
         stats.modalities.setdefault(rec.subset, set()).add(rec.modality)
     return stats
 
 
 def format_stats(stats: Stats) -> str:
-    """Table 1 layout: one row per subset, a tick per modality, train/val/test sizes, and a Total row."""
-    header = ("Dataset", *MODALITY_HEADERS.values(), "Train", "Val", "Test")
-    rows = [header]
+    """Table 1 layout: one row per subset, a tick per modality, train/val/test sizes, and a Total row.
+
+    Train/Val/Test count the positives (Table 1); where there are negatives, three columns count them per split,
+    and where records carry several targets, a column counts those records.
+    """
+    with_neg = any(n for per in stats.negatives.values() for n in per.values())
+    with_several = any(stats.several.values())
+    extra = [f"{k.capitalize()} neg" for k in SPLITS] * with_neg + ["Several"] * with_several
+    rows = [("Dataset", *MODALITY_HEADERS.values(), "Train", "Val", "Test", *extra)]
     per_modality = dict.fromkeys(MODALITIES, 0)
-    totals = dict.fromkeys(SPLITS, 0)
+    totals = [0] * (len(SPLITS) + len(extra))
     for s in _subset_order(list(stats.sizes)):
         mods = stats.modalities.get(s, set())
         for m in mods & set(MODALITIES):
             per_modality[m] += 1
-        sizes = stats.sizes[s]
-        rows.append((s, *("✓" if m in mods else "" for m in MODALITIES), *(str(sizes.get(k, 0)) for k in SPLITS)))
-        for k in SPLITS:
-            totals[k] += sizes.get(k, 0)
-    rows.append(("Total", *(str(per_modality[m]) for m in MODALITIES), *(str(totals[k]) for k in SPLITS)))
+        neg = stats.negatives.get(s, {})
+        counts = [stats.sizes[s].get(k, 0) for k in SPLITS] + [neg.get(k, 0) for k in SPLITS] * with_neg
+        counts += [stats.several.get(s, 0)] * with_several
+        rows.append((s, *("✓" if m in mods else "" for m in MODALITIES), *map(str, counts)))
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
+    rows.append(("Total", *(str(per_modality[m]) for m in MODALITIES), *map(str, totals)))
     text = _table(rows)
     if stats.skipped_lines:
         text += f"\n({stats.skipped_lines} unparseable line(s) not counted; run `sim4seg data check`)"

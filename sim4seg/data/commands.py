@@ -29,8 +29,14 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the seeded splits (default 0)")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first damaged file (default: skip it with a warning and count it)")
-    p.add_argument("--include-normal", action="store_true",
-                   help="busi: keep the 'normal' class (empty masks), left out by default as in the paper")
+    p.add_argument("--negatives", action="store_true",
+                   help="also convert the images without a finding, as negatives (\"mask\": null, diagnosis "
+                        "normal; own seeded split): busi normal, fracatlas non-fractured, chestx_det No Finding, "
+                        "bone_fracture/bfd images without shapes. Left out by default, as in the paper")
+    p.add_argument("--per-finding-targets", action="store_true",
+                   help="images with several annotated findings (busi mask files, fracatlas annotations, "
+                        "chestx_det polygons, bone_fracture/bfd shapes) also get one mask per finding in "
+                        "\"targets\"; \"mask\" stays their union (the paper's setting)")
     p.set_defaults(func=cmd_convert)
 
     p = data_subparsers.add_parser("check", help="validate a dataset folder: records, files, masks, labels",
@@ -90,7 +96,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     if args.source not in CONVERTERS:
         raise UserError(f"unknown --source {args.source!r}; one of: {', '.join(CONVERTERS)}")
-    opts = ConvertOptions(seed=args.seed, strict=args.strict, include_normal=args.include_normal)
+    opts = ConvertOptions(seed=args.seed, strict=args.strict, negatives=args.negatives,
+                          per_finding_targets=args.per_finding_targets)
     summary = CONVERTERS[args.source](args.root, args.out, opts)
     print(summary.line())
     if (why := summary.empty_reason()) is not None:  # a run that converts nothing must not look like success

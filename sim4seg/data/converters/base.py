@@ -21,7 +21,19 @@ class ConversionProblem(Exception):
 class ConvertOptions:
     seed: int = 0
     strict: bool = False
-    include_normal: bool = False  # BUSI only: keep the 'normal' class (all-empty masks)
+    negatives: bool = False  # also convert the images without a finding (records with "mask": null)
+    per_finding_targets: bool = False  # images with several findings also get "targets" (one mask per finding)
+
+
+@dataclass
+class Finding:
+    """One annotated finding of an item (a ChestX-Det polygon, a BUSI mask file, a YOLO shape), same
+    coordinate conventions as :class:`Item`."""
+
+    label: str
+    mask_files: list[Path] = field(default_factory=list)
+    polygons: list[list[float]] = field(default_factory=list)
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -31,6 +43,8 @@ class Item:
     ``name`` is the record id without the subset prefix and the output path under ``images/<Subset>/`` without
     extension. Polygons are flat ``[x0, y0, x1, y1, ...]`` and boxes ``(x0, y0, x1, y1)``, both in COCO pixel
     coordinates (pixel ``i`` spans ``[i, i+1)``), or in fractions of the image size when ``normalised`` (YOLO).
+    A ``negative`` item (no finding) has none of them and the diagnosis ``["normal"]``; ``findings`` lists the
+    annotated findings one by one where the source has several (their union is the mask).
     """
 
     name: str
@@ -43,6 +57,8 @@ class Item:
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
     normalised: bool = False
     query: str | None = None  # the record's query; None: one from prompts.query_for (source "folder" has its own)
+    negative: bool = False
+    findings: list[Finding] = field(default_factory=list)
 
 
 @dataclass
@@ -51,6 +67,8 @@ class ConvertSummary:
     subset: str
     out: Path
     written: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SPLITS})
+    negatives: int = 0  # of the records written
+    with_targets: int = 0  # of the records written
     already_present: int = 0
     problems: int = 0
     missing: int = 0
@@ -77,8 +95,10 @@ class ConvertSummary:
 
     def line(self) -> str:
         per = ", ".join(f"{s} {n}" for s, n in self.written.items())
-        parts = [f"{self.source} -> {self.out}: {self.n_written} {self.subset} record(s) written ({per})",
-                 f"{self.already_present} already present"]
+        parts = [f"{self.source} -> {self.out}: {self.n_written} {self.subset} record(s) written ({per})"]
+        parts += [f"{n} of them {what}" for n, what in ((self.negatives, "negatives (no finding)"),
+                                                        (self.with_targets, "with per-finding targets")) if n]
+        parts.append(f"{self.already_present} already present")
         if self.problems:
             parts.append(f"{self.problems} skipped with problems (see warnings)")
         if self.missing:

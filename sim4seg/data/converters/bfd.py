@@ -3,7 +3,8 @@
 Layout: ``BoneFractureYolo8/data.yaml``, ``{train,valid|val,test}/{images,labels}``. Labels are YOLO-seg polygons
 (a 5-value line is read as a box). Diagnosis: the class names of the image's shapes, normalised to the BFD
 vocabulary ("elbow positive" -> "elbow fracture", "humerus" -> "humerus fracture", ...). Images without shapes
-are left out (the paper's 2,060 fracture images: 1804/173/83 by folder).
+are left out (the paper's 2,060 fracture images: 1804/173/83 by folder). ``--negatives``: the images without
+shapes too, as negatives in their folder's split. ``--per-finding-targets``: one target per shape.
 
 The shipped ``data.yaml`` lists ``3: humerus fracture, 4: humerus`` while the dataset's COCO export says the
 reverse (cross-checking the two shows YOLO class 4 is "humerus fracture"). Both names map to the one canonical
@@ -38,4 +39,4 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
             return None
         return labels[cls]
 
-    return collect_yolo(data_yaml.parent, rep, label_of), 0
+    return collect_yolo(data_yaml.parent, rep, label_of, opts.negatives), 0

@@ -3,7 +3,9 @@
 Layout (Roboflow YOLO export): ``data.yaml``, ``{train,valid,test}/{images,labels}``. The classes (angle, fracture,
 line, messed_up_angle) all mark the fracture, so every boxed image is diagnosis ``fracture`` and its mask is the
 union of its filled boxes. Images without boxes are left out: the paper keeps the 437 of 458 images "containing
-fracture regions" (311/83/43 by Roboflow folder).
+fracture regions" (311/83/43 by Roboflow folder). ``--negatives``: the images without boxes too, as negatives in
+their folder's split. ``--per-finding-targets``: one target per box or polygon (the four classes may outline one
+fracture twice, so these targets can overlap).
 """
 
 from __future__ import annotations
@@ -28,4 +30,4 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
             return None
         return "fracture"
 
-    return collect_yolo(base, rep, label_of), 0
+    return collect_yolo(base, rep, label_of, opts.negatives), 0

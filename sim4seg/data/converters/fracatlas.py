@@ -2,7 +2,10 @@
 
 Layout: ``FracAtlas/images/{Fractured,Non_fractured}/IMG*.jpg``, ``Annotations/COCO JSON/*.json``,
 ``dataset.csv``, ``Utilities/Fracture Split/{train,valid,test}.csv``. Only the 717 annotated (fractured) images
-enter M3DS; the split CSVs list exactly them (574/82/61, Table 1).
+enter M3DS; the split CSVs list exactly them (574/82/61, Table 1). ``--negatives``: the 3,366 images that
+``dataset.csv`` marks ``fractured = 0`` and no annotation outlines, as negatives, with their own seeded split
+in those proportions (drawn over all of them, so a partial download keeps the full download's split).
+``--per-finding-targets``: one target per COCO annotation of an image with several.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sim4seg.data.converters.base import ConvertOptions, Item, Reporter
-from sim4seg.data.converters.layout import find_dir, read_csv_rows, require
+from sim4seg.data.converters.base import ConversionProblem, ConvertOptions, Finding, Item, Reporter
+from sim4seg.data.converters.layout import binary_flag, find_dir, read_csv_rows, require
+from sim4seg.data.converters.splits import apply_split, negatives_split
+from sim4seg.data.schema import NORMAL
 from sim4seg.errors import UserError
 
 SOURCE, SUBSET = "fracatlas", "FracAtlas"
 SPLIT_CSVS = {"train": "train", "valid": "val", "test": "test"}
+COUNTS = {"train": 574, "val": 82, "test": 61}  # Table 1 (the split CSVs)
 
 
 def _segmentations(ann: dict, where: str) -> list[list[float]]:
@@ -49,17 +55,17 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
         if p.is_file():
             images.setdefault(p.name, p)
 
-    polys: dict[int, list[list[float]]] = {}
+    polys: dict[int, list[list[list[float]]]] = {}  # image id -> polygons of each annotation
     info: dict[int, dict] = {}
     for cf in coco_files:
         d = json.loads(cf.read_text(encoding="utf-8"))
         for im in d.get("images", []):
             info[im["id"]] = im
         for ann in d.get("annotations", []):
-            polys.setdefault(ann["image_id"], []).extend(_segmentations(ann, str(cf)))
+            polys.setdefault(ann["image_id"], []).append(_segmentations(ann, str(cf)))
 
     items, missing, unsplit = [], [], []
-    for iid, p in sorted(polys.items()):
+    for iid, per_ann in sorted(polys.items()):
         name = info[iid]["file_name"]
         if name not in split_of:
             unsplit.append(name)
@@ -69,11 +75,45 @@ def collect(root: Path, opts: ConvertOptions, rep: Reporter) -> tuple[list[Item]
             continue
         img = images[name]
         items.append(Item(
-            name=Path(name).stem, image=img, split=split_of[name], diagnosis=["fracture"], polygons=p,
+            name=Path(name).stem, image=img, split=split_of[name], diagnosis=["fracture"],
+            polygons=[p for ann in per_ann for p in ann], findings=[Finding("fracture", polygons=a) for a in per_ann],
             source={"image": img.relative_to(base).as_posix(), "annotations": coco_files[0].name,
                     "coco_image_id": iid, "split_csv": next(k for k, v in SPLIT_CSVS.items()
                                                             if v == split_of[name]) + ".csv"}))
     if unsplit:
         rep.warn(f"{len(unsplit)} annotated image(s) are in no split CSV and are left out, e.g. {unsplit[0]}")
     rep.missing_files(missing, coco_files[0].name, root, len(items))
+    if opts.negatives:
+        annotated = {info[iid]["file_name"] for iid in polys}
+        items += _negatives(base, images, annotated, root, rep, opts.seed)
     return items, 0
+
+
+def _negatives(base: Path, images: dict[str, Path], annotated: set[str], root: Path, rep: Reporter, seed: int,
+               ) -> list[Item]:
+    """The images ``dataset.csv`` marks not fractured and no annotation outlines (IMG0003298 is marked 0 but
+    annotated: a positive), split by :func:`negatives_split`."""
+    csv_path = require(base / "dataset.csv", "dataset.csv", root)
+    rows = read_csv_rows(csv_path)
+    head = rows[0] if rows else []
+    if "image_id" not in head or "fractured" not in head:
+        raise UserError(f"{csv_path}: expected the columns image_id and fractured (FracAtlas' dataset.csv)")
+    col_id, col_frac = head.index("image_id"), head.index("fractured")
+    listed = []
+    for n, row in enumerate(rows[1:], 2):
+        where = f"{csv_path}:{n}"
+        if len(row) <= max(col_id, col_frac):
+            rep.problem(f"{where}: {len(row)} cells, fewer than the header's")
+            continue
+        try:
+            if not binary_flag(row[col_frac], where) and row[col_id] not in annotated:
+                listed.append(row[col_id])
+        except ConversionProblem as e:
+            rep.problem(str(e))
+    present = [name for name in listed if name in images]
+    rep.missing_files([n for n in listed if n not in images], f"{csv_path.name} (not fractured)", root, len(present))
+    items = [Item(name=Path(name).stem, image=images[name], diagnosis=[NORMAL], negative=True,
+                  source={"image": images[name].relative_to(base).as_posix(), "dataset_csv": "fractured=0"})
+             for name in present]
+    kept, _ = apply_split(items, negatives_split([Path(n).stem for n in listed], COUNTS, seed, SUBSET))
+    return kept

@@ -38,6 +38,15 @@ def seeded_split(ids: Iterable[str], counts: Mapping[str, int], seed: int, *, to
     return out
 
 
+def negatives_split(ids: Iterable[str], counts: Mapping[str, int], seed: int, subset: str) -> dict[str, str]:
+    """The negatives' own seeded split, in the proportions of the positives' Table 1 ``counts``.
+
+    Drawn apart from the positives (its own salt), so adding negatives never moves a positive. Pass every
+    negative the source lists, present or not, so a partial download keeps the full download's split.
+    """
+    return seeded_split(ids, counts, seed, salt=f"{subset}/negatives")
+
+
 def _proportional(n: int, parts: Mapping[str, int]) -> dict[str, int]:
     full = sum(parts.values())
     quota = {k: n * v / full for k, v in parts.items()}

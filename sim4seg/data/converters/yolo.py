@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sim4seg.data.converters.base import ConversionProblem, Item, Reporter
+from sim4seg.data.converters.base import ConversionProblem, Finding, Item, Reporter
 from sim4seg.data.converters.layout import list_images
+from sim4seg.data.schema import NORMAL
 from sim4seg.errors import UserError
 
 
@@ -63,10 +64,12 @@ def yolo_class_names(data_yaml: Path) -> list[str]:
 YOLO_SPLIT_DIRS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
 
 
-def collect_yolo(root: Path, rep: Reporter, label_of: Callable[[int, Path], str | None]) -> list[Item]:
+def collect_yolo(root: Path, rep: Reporter, label_of: Callable[[int, Path], str | None], negatives: bool = False,
+                 ) -> list[Item]:
     """Items of a YOLO export: ``{train,valid|val,test}/{images,labels}``; the folder is the split.
 
-    Images whose label file is missing or empty have no finding and are left out (M3DS keeps positives only).
+    An image whose label file is empty or absent has no finding (Ultralytics' convention for background
+    images): left out (M3DS keeps positives only), or with ``negatives`` a negative item in its folder's split.
     ``label_of(cls, label_file)`` gives the canonical diagnosis of a class id, or None to reject it.
     """
     items: list[Item] = []
@@ -79,31 +82,37 @@ def collect_yolo(root: Path, rep: Reporter, label_of: Callable[[int, Path], str 
         images = list_images(img_dir)
         labels = {p.stem: p for p in sorted(lab_dir.glob("*.txt"))} if lab_dir.is_dir() else {}
         missing = []
-        for stem, lab in labels.items():
+        unlabelled = [stem for stem in images if stem not in labels] if negatives else []
+        for stem in [*labels, *unlabelled]:  # the label files' order first, as without negatives
+            lab = labels.get(stem)
             try:
-                shapes = parse_yolo_label(lab)
+                shapes = parse_yolo_label(lab) if lab else []
             except ConversionProblem as e:
                 rep.problem(str(e))
                 continue
-            if not shapes:
+            if not shapes and not negatives:
                 continue  # a negative image: no fracture, not part of M3DS
             if stem not in images:
                 missing.append(f"{folder}/images/{stem}.*")
                 continue
-            diagnosis = set()
+            img = images[stem]
+            source = {"image": f"{folder}/images/{img.name}", "label": f"{folder}/labels/{lab.name}" if lab else None,
+                      "split": folder, "classes": sorted({s.cls for s in shapes})}
+            if not shapes:
+                items.append(Item(name=f"{folder}/{stem}", image=img, split=split, diagnosis=[NORMAL], source=source,
+                                  negative=True))
+                continue
+            found = []
             for s in shapes:
                 lbl = label_of(s.cls, lab)
-                if lbl is None:
+                if lbl is None:  # reported by label_of; one report per file
                     break
-                diagnosis.add(lbl)
+                found.append(Finding(lbl, polygons=[s.polygon] if s.polygon else [], boxes=[s.box] if s.box else []))
             else:
-                img = images[stem]
                 items.append(Item(
-                    name=f"{folder}/{stem}", image=img, split=split, diagnosis=sorted(diagnosis),
+                    name=f"{folder}/{stem}", image=img, split=split, diagnosis=sorted({f.label for f in found}),
                     polygons=[s.polygon for s in shapes if s.polygon], boxes=[s.box for s in shapes if s.box],
-                    normalised=True,
-                    source={"image": f"{folder}/images/{img.name}", "label": f"{folder}/labels/{lab.name}",
-                            "split": folder, "classes": sorted({s.cls for s in shapes})}))
+                    normalised=True, source=source, findings=found))
         rep.missing_files(missing, f"{folder}/labels", root, len(images))
     if not seen_split_dir:
         raise UserError(f"no train/valid/test folders with images/ and labels/ under {root} (a YOLO export)")
