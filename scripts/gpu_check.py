@@ -5,10 +5,10 @@
 
 Model: LLaVA-7B language model (LlamaConfig hidden 4096, 32 layers, 32 heads, intermediate 11008, vocab 32003),
 CLIP ViT-L/14 at 224 px (hidden 1024, 24 layers, 16 heads, intermediate 4096; 256 image tokens), SAM ViT-H from
-segment_anything's ``sam_model_registry["vit_h"](checkpoint=None)`` (random), wrapped as Sim4Seg by
-``sim4seg.model.builder.build_model`` (the ``tiny`` preset resized to 7B; ``build_sam`` is swapped for the
-random ViT-H, since the ``vit_h`` builder requires the release checkpoint; the tiny BPE tokenizer's 1,026 ids
-are used and the embeddings are resized to 32,003 rows, LISA's vocabulary). LoRA r=8 on q/v plus LISA's
+segment_anything's ``sam_model_registry["vit_h"](checkpoint=None)`` (random: ``model.sam.random_init``), wrapped as
+Sim4Seg by ``sim4seg.model.builder.build_model`` from the ``train`` config composed by ``sim4seg.config`` (the
+``tiny`` preset resized to 7B by overrides; the tiny BPE tokenizer's 1,026 ids are used and the embeddings are
+resized to 32,003 rows, LISA's vocabulary). LoRA r=8 on q/v plus LISA's
 trainable set (lm_head, embed_tokens, phi, mask decoder), RVLS2M on (paper settings).
 
 Configurations, each in its own subprocess (an OOM or crash is printed and the next one runs):
@@ -18,7 +18,14 @@ Configurations, each in its own subprocess (an OOM or crash is printed and the n
                          1024x1280 images. Reported: median step time (after 3 warm-up steps), samples/s,
                          tokens/s (attention-masked tokens incl. the 256 image tokens), peak memory, MFU.
   generate               64 new tokens for one prompt: Sim4Seg.generate (KV cache) vs the no-cache loop that
-                         re-runs the whole sequence per token (sim4seg.bench.lisa_no_cache_generate).
+                         re-runs the whole sequence per token (sim4seg.bench.generate.lisa_no_cache_generate).
+  encoder                the frozen SAM encoders' fast path (sim4seg.model.fast_encoder: folded batch norm,
+                         channels_last, SDPA) vs the library's forward, LiteMedSAM's TinyViT and ViT-H at batch 8,
+                         fp32 and bf16: ms per image and max abs difference from the fp32 library forward. The
+                         builder runs the fast path on the CPU only; these figures decide whether GPUs should too.
+
+Files: this one (options, one subprocess per configuration, summary), gpu_check_model.py (the composed config,
+model, batches, FLOPs), gpu_check_runs.py (the configurations).
 
 MFU heuristic (documented, approximate): model FLOPs per step = 6 * N_lm * T, N_lm = every parameter of the
 language model's forward (trainable and frozen: LoRA adapters, the frozen base weights, embeddings, lm_head),
@@ -41,12 +48,9 @@ machine with network access, for the GPU machine's Python version and platform:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
-import re
-import statistics
 import subprocess
 import sys
 import threading
@@ -56,258 +60,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VOCAB_7B = 32003
-PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
-SIZES_7B = {
-    "dtype": "bfloat16",
-    "max_length": 2048,
-    "lvlm": {"vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                        "num_attention_heads": 16, "image_size": 224, "patch_size": 14},
-             "text": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                      "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096}},
-    "sam": {"kind": "vit_h_random"},
-}
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Model and data
-# ----------------------------------------------------------------------------------------------------------
-
-
-def configs(tiny: bool, grad_ckpt: bool):
-    """(model, rvls2m, loss, train+deepspeed) configs from the repository's YAML files."""
-    from omegaconf import OmegaConf
-
-    from sim4seg.config import CONFIG_DIR as c
-
-    model = OmegaConf.load(c / "model" / "tiny.yaml")
-    if not tiny:
-        model = OmegaConf.merge(model, SIZES_7B)
-    model.gradient_checkpointing = grad_ckpt
-    run = OmegaConf.create({"train": OmegaConf.load(c / "train" / "paper.yaml"),
-                            "deepspeed": OmegaConf.load(c / "deepspeed" / "zero2.yaml")})
-    return model, OmegaConf.load(c / "rvls2m" / "paper.yaml"), OmegaConf.load(c / "loss" / "paper.yaml"), run
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    import torch
-
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-def build(tiny: bool, grad_ckpt: bool, dev):
-    """(model on ``dev``, processor, configs). Full size: random weights created directly on the GPU in bf16
-    (CPU fallback), SAM ViT-H random on the CPU then moved."""
-    import torch
-
-    from sim4seg.model import builder
-
-    model_cfg, rv, loss, run = configs(tiny, grad_ckpt)
-    original = builder.build_sam
-
-    def random_vit_h(cfg):
-        if cfg.kind != "vit_h_random":
-            return original(cfg)
-        from segment_anything import sam_model_registry
-
-        with torch.device("cpu"), default_dtype(torch.float32):  # as the checkpoint builders do; cast after
-            return sam_model_registry["vit_h"](checkpoint=None)
-
-    builder.build_sam = random_vit_h
-    t0 = time.time()
-    try:
-        if tiny:
-            model, proc = builder.build_model(model_cfg, rv, loss)
-        else:
-            try:
-                with torch.device(dev), default_dtype(torch.bfloat16):
-                    model, proc = builder.build_model(model_cfg, rv, loss)
-            except Exception as e:  # noqa: BLE001 - any failure of the fast path: build on the CPU instead
-                log(f"note: building on {dev} failed ({type(e).__name__}: {e}); building on the CPU (slower)")
-                gc.collect()
-                with default_dtype(torch.bfloat16):
-                    model, proc = builder.build_model(model_cfg, rv, loss)
-            base = model.lvlm.get_base_model() if hasattr(model.lvlm, "get_base_model") else model.lvlm
-            base.resize_token_embeddings(VOCAB_7B, mean_resizing=False)
-            pattern = re.compile("|".join(model_cfg.trainable))
-            for name, p in model.named_parameters():
-                if "embed_tokens" in name or "lm_head" in name:
-                    p.requires_grad_(bool(pattern.search(name)))
-    finally:
-        builder.build_sam = original
-    model.to(dev)
-    log(f"built in {time.time() - t0:.1f} s: {param_counts(model)}")
-    return model, proc, run
-
-
-def param_counts(model) -> dict:
-    base = model.lvlm.get_base_model() if hasattr(model.lvlm, "get_base_model") else model.lvlm
-
-    def n(mods, trainable=False):
-        return sum(p.numel() for m in mods for p in m.parameters() if p.requires_grad or not trainable)
-
-    return {"language_model": n([base.model.language_model, base.lm_head]),
-            "vision": n([base.model.vision_tower, base.model.multi_modal_projector]),
-            "sam_encoder": n([model.sam.image_encoder]),
-            "sam_prompt_decoder_phi": n([model.sam.prompt_encoder, model.sam.mask_decoder, model.text_hidden_fcs]),
-            "trainable": n([model], trainable=True), "total": n([model])}
-
-
-def make_batches(proc, mb: int, n_batches: int, tiny: bool, with_answer: bool = True) -> list[dict]:
-    """Synthetic CoT training samples (1024x1280 images at full size, as M3DS images are), collated."""
-    import cv2
-
-    from sim4seg.data.prompts import answer_for, query_for
-    from sim4seg.data.synthetic import SYNTH_SUBSETS, cot_for, make_sample
-
-    names, out = list(SYNTH_SUBSETS), []
-    for b in range(n_batches):
-        samples = []
-        for k in range(mb):
-            i = b * mb + k
-            sub = SYNTH_SUBSETS[names[i % 3]]
-            label = sub.labels[i % len(sub.labels)]
-            image, mask = make_sample(sub.name, label, i)
-            if not tiny:
-                image = cv2.resize(image, (1280, 1024), interpolation=cv2.INTER_LINEAR)
-                mask = cv2.resize(mask, (1280, 1024), interpolation=cv2.INTER_NEAREST)
-            rid = f"{sub.name}/{i:05d}"
-            answer = answer_for("cot", rid, [label], cot_for(sub, label)) if with_answer else None
-            samples.append(proc.sample(image, query_for(sub, rid), answer, mask > 0 if with_answer else None, rid))
-        out.append(proc.collate(samples, left_pad=not with_answer))
-    return out
-
-
-def flops_per_step(counts: dict, tokens: int, images: int, n_vis_tokens: int, sam_patches: int) -> tuple[float, float]:
-    lm = 6.0 * counts["language_model"] * tokens
-    enc = 2.0 * counts["vision"] * images * (n_vis_tokens + 1) + 2.0 * counts["sam_encoder"] * images * sam_patches
-    return lm, lm + enc
-
-
-def peak_flops(args, dev) -> float | None:
-    import torch
-
-    if args.peak_tflops:
-        return args.peak_tflops * 1e12
-    if dev.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(dev)
-    return next((v * 1e12 for k, v in PEAK_TFLOPS.items() if k in name), None)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Configurations
-# ----------------------------------------------------------------------------------------------------------
-
-
-def run_train(args, grad_ckpt: bool) -> dict:
-    import torch
-
-    from sim4seg.runtime import device, init_distributed
-    from sim4seg.training.batches import to_device
-    from sim4seg.training.optim import initialize
-
-    init_distributed()  # chooses DeepSpeed's accelerator (cpu without CUDA) before deepspeed is used
-
-    dev = device()
-    torch.manual_seed(0)
-    model, proc, run = build(args.tiny, grad_ckpt, dev)
-    run.train.micro_batch, run.train.grad_accum = args.micro_batch, 1
-    counts = param_counts(model)
-    batches = make_batches(proc, args.micro_batch, 4, args.tiny)
-    engine, _ = initialize(model, run, 1, args.steps, dev)  # training's AdamW, DeepSpeed config, fp32 prompt encoder
-    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-    engine.train()
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    times, tokens, losses = [], [], []
-    for s in range(args.steps):
-        batch = to_device(batches[s % len(batches)], dev, dtype)
-        sync()
-        t0 = time.perf_counter()
-        out = engine(batch).losses
-        engine.backward(out["total"])
-        engine.step()
-        sync()
-        times.append(time.perf_counter() - t0)
-        tokens.append(int(batch["attention_mask"].sum()))
-        losses.append(float(out["total"].detach()))
-        log(f"  step {s + 1}/{args.steps}: {times[-1]:.3f} s, loss {losses[-1]:.3f}")
-    warm = min(3, len(times) - 1)
-    step_s = statistics.median(times[warm:])
-    tok = statistics.median(tokens)
-    v = engine.module.lvlm.config.vision_config
-    n_vis = (v.image_size // v.patch_size) ** 2
-    sam_patches = (engine.module.sam.image_encoder.img_size // 16) ** 2
-    f_lm, f_all = flops_per_step(counts, tok, args.micro_batch, n_vis, sam_patches)
-    peak = peak_flops(args, dev)
-    res = {"config": f"train_gc_{'on' if grad_ckpt else 'off'}", "status": "ok", "steps": args.steps,
-           "micro_batch": args.micro_batch, "step_s": step_s, "samples_per_s": args.micro_batch / step_s,
-           "tokens_per_step": tok, "tokens_per_s": tok / step_s, "tflops_per_s": f_lm / step_s / 1e12,
-           "mfu": f_lm / step_s / peak if peak else None, "mfu_with_encoders": f_all / step_s / peak if peak else None,
-           "peak_mem_gb": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
-           "loss_first": losses[0], "loss_last": losses[-1], "params": counts, "step_times": times}
-    return res
-
-
-def run_generate(args) -> dict:
-    import torch
-
-    from sim4seg.bench import lisa_no_cache_generate
-    from sim4seg.runtime import device
-    from sim4seg.training.batches import to_device
-
-    dev = device()
-    torch.manual_seed(0)
-    model, proc, _ = build(args.tiny, False, dev)
-    model.eval()
-    dtype = next(model.lvlm.parameters()).dtype
-    batch = to_device(make_batches(proc, 1, 1, args.tiny, with_answer=False)[0], dev, dtype)
-    tok = proc.tokenizer
-    eos, pad = tok.eos_token_id, tok.pad_token_id
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    n = args.gen_tokens
-    with torch.no_grad():
-        batch["sam_embeddings"] = model.encode_images(batch.pop("sam_images"))
-
-        def cached(k):
-            return model.generate(batch, max_new_tokens=k, min_new_tokens=k, eos_token_id=eos, pad_token_id=pad)[0].tokens
-
-        cached(2)
-        lisa_no_cache_generate(model.lvlm, batch, 2, [eos])
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        res = {"config": "generate", "status": "ok", "new_tokens": n, "prompt_tokens": int(batch["input_ids"].shape[1])}
-        for name, fn in (("cache", lambda: cached(n)), ("no_cache", lambda: lisa_no_cache_generate(model.lvlm, batch, n, [eos]))):
-            sync()
-            t0 = time.perf_counter()
-            toks = fn()
-            sync()
-            dt = time.perf_counter() - t0
-            res[f"{name}_s"], res[f"{name}_tokens_per_s"], res[f"{name}_tokens"] = dt, len(toks) / dt, toks
-            log(f"  {name}: {len(toks)} tokens in {dt:.2f} s ({len(toks) / dt:.1f} tokens/s)")
-    a, b = res.pop("cache_tokens"), res.pop("no_cache_tokens")
-    res["speedup"] = res["no_cache_s"] / res["cache_s"]
-    res["identical_tokens"] = a == b
-    if a != b:  # bf16: cached and uncached attention round differently; report where they part
-        res["first_difference"] = next(i for i, (x, y) in enumerate(zip(a + [None], b + [None])) if x != y)
-    res["peak_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
-    return res
-
-
-RUNS = {"train_gc_on": lambda a: run_train(a, True), "train_gc_off": lambda a: run_train(a, False),
-        "generate": run_generate}
+from gpu_check_model import log  # noqa: E402  (after the repository is on the path)
+from gpu_check_runs import RUNS  # noqa: E402
 
 
 def is_oom(e: BaseException) -> bool:
@@ -336,7 +90,8 @@ def run_one(name: str, args) -> dict:
 def run_child(name: str, args, timeout: float) -> dict:
     """Run a configuration in a fresh Python process (all GPU memory returns when it exits)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--steps", str(args.steps),
-           "--micro-batch", str(args.micro_batch), "--gen-tokens", str(args.gen_tokens)]
+           "--micro-batch", str(args.micro_batch), "--gen-tokens", str(args.gen_tokens),
+           "--encoder-batch", str(args.encoder_batch)]
     if args.tiny:
         cmd.append("--tiny")
     if args.peak_tflops:
@@ -394,6 +149,11 @@ def summary(results: list[dict]) -> None:
                     f"peak {r['peak_mem_gb'] or 0:.1f} GB")
             else:
                 log(f"generate: {r['status']}")
+        if r["config"] == "encoder":
+            for e in r.get("encoders", []):
+                log(f"encoder {e['encoder']} {e['dtype']} (batch {e['batch']}): library {e['library_ms_per_image']:.1f} "
+                    f"ms/image, fast {e['fast_ms_per_image']:.1f} ms/image ({e['speedup']:.2f}x); max abs diff from "
+                    f"fp32 library: library {e['library_max_abs_diff']:.1e}, fast {e['fast_max_abs_diff']:.1e}")
     for r in results:
         if r["status"] != "ok" or r.get("note"):
             log(f"{r['config']}: {r.get('error') or r.get('note')}")
@@ -405,6 +165,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--steps", type=int, default=None, help="training steps per configuration (20; 2 with --tiny)")
     ap.add_argument("--micro-batch", type=int, default=2)
     ap.add_argument("--gen-tokens", type=int, default=None, help="new tokens for the generation check (64; 8 tiny)")
+    ap.add_argument("--encoder-batch", type=int, default=8, help="images per call in the encoder check (1 tiny)")
     ap.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS))
     ap.add_argument("--in-process", action="store_true", help="run the configurations in this process")
     ap.add_argument("--budget", type=float, default=450.0, help="seconds for all configurations together")

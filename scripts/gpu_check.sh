@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: LISA-7B-size Sim4Seg with random weights (bf16) on one GPU -- DeepSpeed ZeRO-2 + LoRA training steps
-# with gradient checkpointing on and off, then KV-cache vs no-cache generation. Under 8 minutes on one H100,
-# nothing downloaded. Details, MFU heuristic and options: scripts/gpu_check.py.
+# with gradient checkpointing on and off, KV-cache vs no-cache generation, and the frozen SAM encoders' fast path
+# (sim4seg.model.fast_encoder: LiteMedSAM and ViT-H, fp32/bf16) against the library's forward. Under 8 minutes on
+# one H100, nothing downloaded. Details, MFU heuristic and options: scripts/gpu_check.py.
 #   scripts/gpu_check.sh [--tiny] [--steps N] [--micro-batch B] [--out results.json] ...
 #
 # Packages: torch and transformers>=5 must be installed. Missing ones are installed from wheels in

