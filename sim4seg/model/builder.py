@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from sim4seg.errors import UserError
+from sim4seg.model.frames import frame_of
 from sim4seg.model.losses import LossWeights
 from sim4seg.model.processor import Processor
 from sim4seg.model.rvls2m import RVLS2MConfig
@@ -126,7 +127,7 @@ def build_model(cfg: DictConfig, rvls2m_cfg: DictConfig | None = None,
                      sam_size=sam.image_encoder.img_size, sam_mean=sam.pixel_mean.flatten().tolist(),
                      sam_std=sam.pixel_std.flatten().tolist(), clip_view=cfg.clip_view,
                      max_length=cfg.get("max_length", 2048), prompt_format=cfg.get("prompt_format"),
-                     image_start=cfg.get("image_start"), image_end=cfg.get("image_end"))
+                     image_start=cfg.get("image_start"), image_end=cfg.get("image_end"), sam_frame=frame_of(sam))
     return model, proc
 
 

@@ -7,6 +7,11 @@ file + rename): concurrent runs and interrupted writes leave either a whole entr
 Size: one 64 x 64 x 256 embedding (SAM ViT-H, LiteMedSAM) is 4.2 MB in float32, 2.1 MB in float16 (``dtype``:
 ``train.cache_dtype`` / eval's ``cache_dtype``). float16 entries live in their own folder, and a freshly encoded
 image is rounded the same way, so results never depend on whether an entry was already there.
+
+An entry is the decoder family's image embedding, one tensor per image: SAM's [P, E, E], SAM2's packed
+[4P, E, E] (its coarse embedding and both high-resolution maps, see :mod:`sim4seg.model.sam2`; 16.8 MB in float32
+at 1024 px), so both families cache the same way. A training run whose image encoder trains (SAM2's encoder LoRA)
+gets no cache (:func:`training_cache`): its embeddings change at every step.
 """
 
 from __future__ import annotations
@@ -72,3 +77,14 @@ class EmbeddingCache:
         os.close(fd)
         save_file({"e": e.detach().cpu().contiguous()}, tmp)
         os.replace(tmp, self.dir / f"{key}.safetensors")
+
+
+def training_cache(directory: str | Path, encoder: nn.Module, dtype: str = "float32",
+                   log: bool = True) -> EmbeddingCache | None:
+    """The cache of a training run, or None (and one line saying so, if ``log``) when the encoder trains."""
+    if any(p.requires_grad for p in encoder.parameters()):
+        if log:
+            print("SAM embedding cache off: the image encoder trains (model.sam.train_encoder=true), so its "
+                  "embeddings change at every step (train.cache_sam_embeddings is ignored)")
+        return None
+    return EmbeddingCache(directory, encoder, dtype)

@@ -17,6 +17,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from transformers import CLIPImageProcessor, PreTrainedTokenizerBase
 
 from sim4seg.errors import UserError
+from sim4seg.model.frames import stretch_image
 from sim4seg.model.prompt_formats import IGNORE, PROMPT_FORMATS, encode
 from sim4seg.model.tokens import IMAGE_TOKEN, SEG_TOKEN
 
@@ -34,6 +35,7 @@ class Processor:
     prompt_format: str = "chat_template"  # model.prompt_format: lisa_v1 | chat_template (prompt_formats.py)
     image_start: str | None = None  # tokens around the image tokens, e.g. LISA's <im_start> ... <im_end>
     image_end: str | None = None
+    sam_frame: str = "letterbox"  # the decoder family's frame (frames.py): letterbox (SAM) | stretch (SAM2)
 
     def __post_init__(self) -> None:
         if self.prompt_format not in PROMPT_FORMATS:
@@ -57,6 +59,8 @@ class Processor:
 
     def sam(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """RGB uint8 [H, W, 3] -> normalised, padded [3, S, S] and the resized (h, w) inside it"""
+        if self.sam_frame == "stretch":
+            return stretch_image(image, self.sam_size, self.sam_mean, self.sam_std)
         resized = ResizeLongestSide(self.sam_size).apply_image(image)
         h, w = resized.shape[:2]
         x = torch.from_numpy(resized).permute(2, 0, 1).float()

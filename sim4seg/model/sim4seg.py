@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call
 from transformers import LlavaForConditionalGeneration
 
-from sim4seg.model import rvls2m
+from sim4seg.model import frames, rvls2m
 from sim4seg.model.losses import LossWeights, mask_losses, total_loss
 from sim4seg.model.rvls2m import RVLS2MConfig
 
@@ -84,10 +84,13 @@ class Sim4Seg(nn.Module):
     def mask_prompt_size(self) -> int:
         return self.sam.prompt_encoder.mask_input_size[0]
 
-    @torch.no_grad()
     def encode_images(self, sam_images: torch.Tensor) -> torch.Tensor:
-        """Frozen SAM image encoder (Eq. 3). Normalised, padded images [B, 3, S, S] -> [B, P, E, E]"""
-        return self.sam.image_encoder(sam_images.to(self.sam.mask_decoder.iou_token.weight.dtype))
+        """SAM image encoder (Eq. 3), without autograd unless it trains (SAM2's encoder LoRA). Images in the
+        family's frame [B, 3, S, S] -> [B, P, E, E] (SAM2: its packed [B, 4P, E, E], see sim4seg.model.sam2)"""
+        enc = self.sam.image_encoder
+        trains = self.training and torch.is_grad_enabled() and any(p.requires_grad for p in enc.parameters())
+        with torch.set_grad_enabled(trains):
+            return enc(sam_images.to(self.sam.mask_decoder.iou_token.weight.dtype))
 
     def decode(self, image_embedding: torch.Tensor, seg_embeds: torch.Tensor, cells: torch.Tensor | None,
                resize_hw: tuple[int, int], orig_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,10 +107,10 @@ class Sim4Seg(nn.Module):
         with torch.no_grad():  # the prompt encoder is frozen and the region mask is not differentiable
             prompt = None
             if cells is not None:
-                prompt = rvls2m.to_mask_prompt(cells, [orig_hw] * s, self.clip_view, self.mask_prompt_size,
-                                               self.rvls2m.on, self.rvls2m.off)
+                prompt = frames.mask_prompt(frames.frame_of(self.sam), cells, [orig_hw] * s, self.clip_view,
+                                            self.mask_prompt_size, self.rvls2m.on, self.rvls2m.off)
             if prompt is not None:
-                prompt = prompt.to(pe.mask_downscaling[0].weight.dtype)
+                prompt = prompt.to(next(pe.parameters()).dtype)
             sparse, dense = pe(points=None, boxes=None, masks=prompt)
             dense = dense.expand(s, -1, -1, -1)
             image_pe = pe.get_dense_pe()

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from sim4seg.model.builder import build_model
 from sim4seg.model.checkpoint import TRAINABLE, load_init, save_trainable, write_finished
-from sim4seg.model.embedding_cache import EmbeddingCache
+from sim4seg.model.embedding_cache import training_cache
 from sim4seg.runtime import device, init_distributed, seed_everything
 from sim4seg.training.batches import BatchStream, make_dataset, model_inputs
 from sim4seg.training.checkpointing import Checkpointer, TrainState
@@ -57,7 +57,8 @@ def train(cfg: DictConfig) -> dict:
     total_steps = planned_steps(stream.micro_per_epoch, t, world)
     val = val_loader(cfg, proc, dev.type == "cuda") if t.eval_every else None
     engine, scheduler = initialize(model, cfg, world, total_steps, dev)
-    cache = EmbeddingCache(t.cache_dir, engine.module.sam.image_encoder, t.cache_dtype) if t.cache_sam_embeddings else None
+    cache = (training_cache(t.cache_dir, engine.module.sam.image_encoder, t.cache_dtype, rank == 0)
+             if t.cache_sam_embeddings else None)
     ckpt = Checkpointer(run.checkpoints, engine, rank, world, t.keep_checkpoints)
     state = ckpt.load(stream.micro_per_epoch) if t.resume and ckpt.exists() else TrainState()
     if changes and rank == 0:
