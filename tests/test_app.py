@@ -98,7 +98,8 @@ def test_gradio_client_answers_and_bad_input_is_one_message(server, tmp_path):
     from test_readers import write_dicom
 
     dcm = write_dicom(tmp_path / "ct.dcm", np.full((40, 30), 1064, np.uint16), RescaleSlope=1, RescaleIntercept=-1024)
-    out = client.predict(image=handle_file(dcm), question="Where is the lesion?", m=2, n=2, api_name="/answer")
+    out = client.predict(image=handle_file(dcm), question="Where is the lesion?", m=2, n=2, select="consensus",
+                         frame=0, axis="axial", nifti_slice=-1, window="auto", api_name="/answer")  # as in README
     # 40 HU in the soft tissue window is 128 (test_readers): the picture under the mask and region shading.
     assert Image.open(out[1]).size == (30, 40) and np.asarray(Image.open(out[1]))[..., 1].max() == 128
 
