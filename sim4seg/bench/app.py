@@ -1,6 +1,6 @@
 """``app``: one request of the app (sim4seg.app.respond: read the file, preprocess (CLIP view, SAM frame,
-tokens), SAM encoder, generation, mask decoding, output images) for a 512 x 512 PNG on the demo preset, split into those stages. Target: at most 5 s per request
-on 2 CPU cores.
+tokens), SAM encoder, generation, mask decoding, output images) for a 512 x 512 PNG on the demo preset, split
+into those stages. Target: at most 5 s per request on 2 CPU cores.
 
 The demo preset's language model is random until trained, so the answer is fixed to the demo's own answer
 length: [SEG] at the first step, then tokens up to the length of a diagnosis answer ("It is [SEG]. The

@@ -17,7 +17,8 @@ from sim4seg.data.schema import RecordError
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; larger files are refused as possible decompression bombs
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, options: ReadOptions = DEFAULT) -> np.ndarray:
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               options: ReadOptions = DEFAULT) -> np.ndarray:
     """Read an image as RGB uint8 ``[H, W, 3]``: PNG/JPEG/TIFF/BMP (EXIF orientation applied; 16-bit, palette,
     RGBA and grey converted), DICOM and NIfTI (one frame or slice, windowed per ``options``)."""
     return read_image(path, max_pixels, options)
@@ -43,7 +44,8 @@ def load_mask(path: str | Path, hw: tuple[int, int] | None = None, max_pixels: i
     return a == 255
 
 
-def image_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, options: ReadOptions = DEFAULT) -> tuple[int, int]:
+def image_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               options: ReadOptions = DEFAULT) -> tuple[int, int]:
     """``(H, W)`` as :func:`load_image` returns it, from the header only."""
     return read_size(path, max_pixels, options)
 

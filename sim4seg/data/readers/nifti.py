@@ -1,8 +1,8 @@
 """NIfTI through nibabel: one slice of a volume, turned to the usual radiological display.
 
 The volume is first reoriented to RAS+ (``nibabel.as_closest_canonical``: a growing index 0 goes towards the
-patient's Right, 1 Anterior, 2 Superior), so ``axis`` means the same plane whatever the file's storage order: 0 sagittal, 1 coronal, 2 axial (the default, "the last axis").
-The slice is shown as radiology viewers do: superior (axial: anterior) at the top, the patient's right on the
+patient's Right, 1 Anterior, 2 Superior), so ``axis`` means the same plane whatever the file's storage order:
+0 sagittal, 1 coronal, 2 axial (the default, "the last axis"). The slice is shown as radiology viewers do: superior (axial: anterior) at the top, the patient's right on the
 image's left (sagittal: anterior on the left). Slice indices count in RAS+ order (axial: from the feet up).
 4-D files take volume ``frame``. Windowing: a CT preset or ``C,W`` in the file's units, else by default CT
 soft tissue when the slice holds values at or below -500 (air in Hounsfield units), otherwise percentiles (MR).
