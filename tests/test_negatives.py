@@ -88,7 +88,8 @@ def test_negative_scores_undefined_without_samples_of_a_kind() -> None:
 
 
 @pytest.mark.parametrize("paths,out", [([True], True), ([False], False), ([True, False], True),
-                                       ([False, True], False), ([True, False, False], False),
-                                       ([False, True, True], True), ([False, True, True, False], False)])
-def test_vote_majority_then_first_path(paths: list[bool], out: bool) -> None:
+                                       ([False, True], True), ([True, False, False], False),
+                                       ([False, True, True], True), ([False, True, True, False], True),
+                                       ([False, False, False, True], False)])
+def test_vote_majority_ties_give_the_mask(paths: list[bool], out: bool) -> None:
     assert vote_gives_mask(paths) is out

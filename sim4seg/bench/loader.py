@@ -17,7 +17,7 @@ def _loader_stages(ds, proc, n: int) -> dict[str, float]:
     """Seconds per image of each stage, run in this process (where the time of a worker goes)."""
     from sim4seg.data.dataset import collate
     from sim4seg.data.io import load_image, load_mask
-    from sim4seg.data.prompts import answer_for
+    from sim4seg.data.prompts import record_answer
 
     tm = Timer()
     samples = []
@@ -31,7 +31,7 @@ def _loader_stages(ds, proc, n: int) -> dict[str, float]:
         with tm.span("SAM transform"):
             proc.sam(image)
         with tm.span("tokens + mask tensor (Processor.sample rest)"):
-            proc.tokens(rec.query, answer_for(ds.answer_format, rec.id, rec.diagnosis, rec.cot))
+            proc.tokens(rec.query, record_answer(ds.answer_format, rec))
             torch.from_numpy(mask).float()[None]
         samples.append(ds[ds.records.index(rec)])
     with tm.span("collate"):

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from sim4seg.data.io import DEFAULT_MAX_PIXELS, load_image, load_mask
-from sim4seg.data.prompts import ANSWER_FORMATS, answer_for
+from sim4seg.data.prompts import ANSWER_FORMATS, record_answer
 from sim4seg.data.schema import Record, RecordError, iter_records, validate_record
 from sim4seg.data.vocab import Subset, load_vocabulary
 from sim4seg.errors import UserError
@@ -26,7 +26,7 @@ COT_HINT = ("fill the CoTs with `sim4seg data cot --data DIR --assistant SPEC --
 
 def lacking_answers(records: Sequence[Record], answer_format: str) -> list[Record]:
     """The records that cannot give an answer in ``answer_format`` (``cot`` without a CoT)."""
-    return [r for r in records if answer_for(answer_format, r.id, r.diagnosis, r.cot) is None]
+    return [r for r in records if record_answer(answer_format, r) is None]
 
 
 def select_records(root: str | Path, split: str, include_subsets: Sequence[str] | None = None,
@@ -105,8 +105,8 @@ class M3DSDataset(Dataset):
 
     def _problem(self, rec: Record) -> str | None:
         try:
-            _, _, answer = self.read(rec)
-            self.processor.tokens(rec.query, answer)
+            image, _, answer = self.read(rec)
+            self.processor.tokens(rec.query, answer, image.shape[:2])  # Qwen2.5-VL: image tokens follow the size
         except RecordError as e:
             return str(e)
         except ValueError as e:  # too many tokens
@@ -114,15 +114,23 @@ class M3DSDataset(Dataset):
         return None
 
     def read(self, rec: Record) -> tuple[np.ndarray, np.ndarray, str | None]:
-        """(RGB image [H, W, 3], bool mask [H, W], answer or None) of a record; :class:`RecordError` if unusable."""
+        """(RGB image [H, W, 3], bool mask, answer or None) of a record; :class:`RecordError` if unusable.
+
+        The mask is [H, W], empty for a negative (its answer has no [SEG], so nothing is trained on it), or
+        [t, H, W] for a record with t targets (one per [SEG] of its answer, in the record's order)."""
         answer = None
         if self.with_answer:
-            answer = answer_for(self.answer_format, rec.id, rec.diagnosis, rec.cot)
+            answer = record_answer(self.answer_format, rec)
             if answer is None:
                 raise RecordError(f"record {rec.id!r} has no CoT; {COT_HINT}")
         image = load_image(self.root / rec.image, self.max_pixels)
-        mask = load_mask(self.root / rec.mask, image.shape[:2], self.max_pixels)
-        return image, mask, answer
+        hw = image.shape[:2]
+        if rec.is_negative:
+            return image, np.zeros(hw, bool), answer
+        if rec.targets:
+            masks = [load_mask(self.root / t["mask"], hw, self.max_pixels) for t in rec.targets]
+            return image, np.stack(masks), answer
+        return image, load_mask(self.root / rec.mask, hw, self.max_pixels), answer
 
     def load(self, rec: Record) -> dict:
         image, mask, answer = self.read(rec)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 
+from sim4seg.data.schema import Record
 from sim4seg.data.vocab import Subset
 from sim4seg.model.tokens import SEG_TOKEN
 
@@ -100,3 +101,9 @@ def answer_for(fmt: str, record_id: str, diagnosis: list[str], cot: str | None, 
     if fmt == "diagnosis":
         return f"{lead} The diagnosis is {join_labels(diagnosis, 'and')}."
     return f"{lead} {cot.strip()}"
+
+
+def record_answer(fmt: str, rec: Record) -> str | None:
+    """:func:`answer_for` of a record: a negative says "no finding", several targets each get a [SEG]."""
+    return answer_for(fmt, rec.id, rec.diagnosis, rec.cot, negative=rec.is_negative,
+                      targets=[t["label"] for t in rec.targets or []])

@@ -1,5 +1,6 @@
 """Trivial baselines beside a result, so a demo's numbers mean something: all-empty and all-full masks (gIoU /
-cIoU) and the majority diagnosis of each subset (Acc), on the same records as the evaluation.
+cIoU; with negatives also "never a mask" / "always a mask" for N-Acc, FP-rate, miss-rate) and the majority
+diagnosis of each subset (Acc), on the same records as the evaluation.
 
     python -m sim4seg.baselines --data data/synthetic --split test --results results/demo
 """
@@ -8,30 +9,51 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
 from sim4seg.data.dataset import select_records
-from sim4seg.data.io import load_mask
+from sim4seg.data.io import image_size, load_mask
 from sim4seg.jsonl import atomic_write_json, atomic_write_text, read_jsonl
-from sim4seg.metrics import SegmentationMeter
+from sim4seg.metrics import NEGATIVE_KEYS, SegmentationMeter, negative_scores
 
 
 def baselines(root: str | Path, split: str, ids: set[str] | None = None) -> dict:
+    """All-empty ("never a mask") and all-full ("always a mask") predictions scored as the evaluation scores
+    masks (a negative's target is empty; several targets: one pair each), their N-Acc / FP-rate / miss-rate and
+    positives-only gIoU / cIoU, and the majority diagnosis of each subset (Acc). Percent."""
     records, _, _ = select_records(root, split)
     records = [r for r in records if ids is None or r.id in ids]
-    empty, full = SegmentationMeter(), SegmentationMeter()
+    meters = {k: SegmentationMeter() for k in ("empty", "full", "empty_pos", "full_pos")}
     for r in records:
-        gt = load_mask(Path(root) / r.mask)
-        area = int(gt.sum())
-        empty.add(0, area)  # empty prediction: no intersection, union = ground truth
-        full.add(area, gt.size)  # full prediction: intersection = ground truth, union = whole image
+        if r.is_negative:
+            h, w = image_size(Path(root) / r.image)
+            areas, size = [0], h * w
+        else:
+            files = [t["mask"] for t in r.targets] if r.targets else [r.mask]
+            gts = [load_mask(Path(root) / f) for f in files]
+            areas, size = [int(g.sum()) for g in gts], gts[0].size
+        for area in areas:
+            for kind in ("", "_pos") if not r.is_negative else ("",):
+                meters[f"empty{kind}"].add(0, area)  # empty prediction: no intersection, union = ground truth
+                meters[f"full{kind}"].add(area, size)  # full prediction: intersection = ground truth, union = image
     by_subset: dict[str, Counter] = {}
     for r in records:
         by_subset.setdefault(r.subset, Counter())[tuple(sorted(r.diagnosis))] += 1
     majority = sum(c.most_common(1)[0][1] for c in by_subset.values()) / max(1, len(records))
-    return {"n": len(records), "empty": {k: 100 * v for k, v in empty.result().items()},
-            "full": {k: 100 * v for k, v in full.result().items()}, "majority_acc": 100 * majority}
+    negative = [r.is_negative for r in records]
+    out = {"n": len(records), "n_negatives": sum(negative), "majority_acc": 100 * majority}
+    for kind, gives in (("empty", False), ("full", True)):
+        pos = meters[f"{kind}_pos"].result()
+        neg = negative_scores(negative, [gives] * len(records))
+        out[kind] = {**{k: 100 * v for k, v in meters[kind].result().items()}, "gIoU_pos": 100 * pos["gIoU"],
+                     "cIoU_pos": 100 * pos["cIoU"], **{k: None if math.isnan(v) else 100 * v for k, v in neg.items()}}
+    return out
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,15 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     base = baselines(args.data, args.split, ids)
     o = res["overall"]
     best_seg = max(base["empty"]["gIoU"], base["full"]["gIoU"])
-    lines = ["| | gIoU | cIoU | Acc |", "|---|---|---|---|",
-             f"| trained model | {o['gIoU']:.2f} | {o['cIoU']:.2f} | {o.get('Acc', float('nan')):.2f} |",
-             f"| all-empty mask | {base['empty']['gIoU']:.2f} | {base['empty']['cIoU']:.2f} | - |",
-             f"| all-full mask | {base['full']['gIoU']:.2f} | {base['full']['cIoU']:.2f} | - |",
-             f"| majority diagnosis per subset | - | - | {base['majority_acc']:.2f} |"]
+    keys = ["gIoU", "cIoU"] + (["gIoU_pos", "cIoU_pos", *NEGATIVE_KEYS] if base["n_negatives"] else [])
+    row = lambda name, d, acc: f"| {name} | " + " | ".join(_f(d.get(k)) for k in keys) + f" | {acc} |"  # noqa: E731
+    lines = ["| | " + " | ".join(keys) + " | Acc |", "|---" * (len(keys) + 2) + "|",
+             row("trained model", o, _f(o.get("Acc"))),
+             row("all-empty mask (never a mask)", base["empty"], "-"),
+             row("all-full mask (always a mask)", base["full"], "-"),
+             row("majority diagnosis per subset", {}, _f(base["majority_acc"]))]
     seg_ok, acc_ok = o["gIoU"] > best_seg, o.get("Acc", 0.0) > base["majority_acc"]
     verdict = (f"gIoU {o['gIoU']:.1f} vs best trivial {best_seg:.1f}: {'beats' if seg_ok else 'DOES NOT beat'}; "
                f"Acc {o.get('Acc', 0.0):.1f} vs majority {base['majority_acc']:.1f}: "
                f"{'beats' if acc_ok else 'DOES NOT beat'}")
+    if base["n_negatives"]:  # each trivial rule is perfect on one kind of sample: N-Acc means something beside miss-rate
+        verdict += (f"; N-Acc {_f(o.get('N-Acc'))} at miss-rate {_f(o.get('miss-rate'))} (never a mask: 100 at 100, "
+                    "always a mask: 0 at 0)")
     table = "\n".join(lines)
     print(table + "\n" + verdict)
     atomic_write_text(Path(args.results) / "baselines.md", f"# Learned vs trivial baselines ({base['n']} samples)\n\n"

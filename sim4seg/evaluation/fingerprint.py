@@ -23,7 +23,7 @@ from sim4seg.errors import UserError
 from sim4seg.jsonl import atomic_write_json
 
 # Bump when a row's meaning changes: the scoring rule (evaluation.rows), sim4seg.metrics' diagnosis rule, TTS.
-RULES_VERSION = 2
+RULES_VERSION = 3  # 3: negatives, several targets, region diagnostics, the TTS no-mask vote
 FILE = "fingerprint.json"
 # Everything an evaluation writes into ``out``, removed by ``overwrite=true``.
 OUTPUTS = ("samples.jsonl", "samples.rank*.jsonl", "metrics.json", "metrics.md", "overlays/*.png",

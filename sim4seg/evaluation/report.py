@@ -2,7 +2,9 @@
 
 Numbers are percent, except ``n`` and ``truncated`` (counts). ``truncated`` counts generate-mode answers that
 used the whole budget (``max_new_tokens``) without EOS: their diagnosis may be cut off, so it sits beside Acc.
-It is ``None`` in teacher mode, which generates nothing.
+It is ``None`` in teacher mode, which generates nothing. Per subset and overall, the keys of
+:data:`sim4seg.evaluation.clinical.CLINICAL_KEYS` (negatives, positives-only scores, region diagnostics; None
+where undefined) sit beside them; a record with several targets adds one gIoU/cIoU entry per scored pair.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from sim4seg.evaluation.clinical import CAPTION, CLINICAL_KEYS, clinical_scores, pair_rows
 from sim4seg.jsonl import atomic_write_json, atomic_write_text
 from sim4seg.metrics import SegmentationMeter
 
@@ -21,7 +24,7 @@ FLAGS = ("no_seg", "multi_seg", "truncated")
 def _score(rs: list[dict], generate: bool, key=None) -> dict:
     meter = SegmentationMeter()
     pick = (lambda r: r) if key is None else key
-    meter.add([pick(r)["inter"] for r in rs], [pick(r)["union"] for r in rs])
+    meter.add(*pair_rows([pick(r) for r in rs]))
     res = {k: 100 * v for k, v in meter.result().items()}
     if generate:
         res["Acc"] = 100 * sum(bool(pick(r)["correct"]) for r in rs) / len(rs)
@@ -40,13 +43,13 @@ def aggregate(rows: list[dict], vocab: dict, mode: str, cfg: DictConfig, max_new
     per = {}
     for s in subsets:
         rs = [r for r in ok if r["subset"] == s]
-        per[s] = {**_score(rs, gen), "truncated": _truncated(rs, gen)}
+        per[s] = {**_score(rs, gen), "truncated": _truncated(rs, gen), **clinical_scores(rs)}
     keys = [k for k in ("gIoU", "cIoU", "Dice", "Acc") if per and k in next(iter(per.values()))]
     result = {"mode": mode, "split": cfg.split, "n_samples": len(ok), "n_errors": len(rows) - len(ok),
               "max_new_tokens": max_new_tokens,
               "flags": {f: sum(f in r.get("flags", []) for r in ok) for f in FLAGS},
               "subsets": per, "avg": {k: sum(per[s][k] for s in per) / len(per) for k in keys} if per else {},
-              "overall": {**_score(ok, gen), "truncated": _truncated(ok, gen)} if ok else {},
+              "overall": {**_score(ok, gen), "truncated": _truncated(ok, gen), **clinical_scores(ok)} if ok else {},
               "selection": {"mask": cfg.tts.select_mask, "diagnosis": cfg.tts.select_diagnosis}}
     tts_keys = sorted({k for r in ok for k in r.get("tts", {})}, key=lambda k: tuple(int(x[2:]) for x in k.split(",")))
     if tts_keys:
@@ -86,6 +89,17 @@ def table2(result: dict, name: str = "this run") -> str:
                       f"{_f(o.get('truncated'))} |"])
 
 
+def clinical_table(result: dict, vocab: dict) -> str:
+    """Negatives, positives-only scores and region diagnostics per subset and overall (caption: CAPTION)."""
+    per = result["subsets"]
+    cols = list(per)
+    lines = ["| Metric | " + " | ".join(vocab[c].short if c in vocab else c for c in cols) + " | Overall |",
+             "|---" * (len(cols) + 2) + "|"]
+    for k in CLINICAL_KEYS:
+        lines.append(f"| {k} | " + " | ".join(_f(per[c].get(k)) for c in cols) + f" | {_f(result['overall'].get(k))} |")
+    return "\n".join(lines)
+
+
 def tts_table(result: dict) -> str:
     sel = result["selection"]
     head = (f"| m, n | gIoU ({sel['mask']}) | cIoU ({sel['mask']}) | Acc ({sel['diagnosis']}) | "
@@ -111,6 +125,9 @@ def write_reports(out: Path, result: dict, vocab: dict) -> None:
                "without EOS.", ""]
     md += ["## Per subset (Table 3 layout)", "", table3(result, vocab), "", "## Overall (Table 2 layout)", "",
            table2(result), ""]
+    if result["overall"]:
+        md += ["## No finding, several findings, region diagnostics", "", clinical_table(result, vocab), "",
+               CAPTION, ""]
     if "tts" in result:
         md += ["## Test-time scaling", "", tts_table(result), ""]
     atomic_write_text(out / "metrics.md", "\n".join(md))

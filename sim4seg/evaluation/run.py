@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from sim4seg.data.dataset import M3DSDataset, collate
-from sim4seg.data.prompts import answer_for
+from sim4seg.data.prompts import record_answer
 from sim4seg.data.schema import RecordError, iter_records
 from sim4seg.errors import UserError
 from sim4seg.evaluation import fingerprint, tts
@@ -47,8 +47,8 @@ def generation_budget(root: str | Path, proc, answer_format: str) -> int:
     probe = "?"  # the answer's tokens do not depend on the query: it follows the prompt's fixed "ASSISTANT:"
     base = len(proc.tokens(probe)[0])
     longest = 0
-    for answer in {answer_for(answer_format, r.id, r.diagnosis, r.cot)
-                   for _, r in iter_records(root) if not isinstance(r, RecordError)} - {None}:
+    for answer in {record_answer(answer_format, r) for _, r in iter_records(root) if not isinstance(r, RecordError)
+                   } - {None}:
         try:
             longest = max(longest, len(proc.tokens(probe, answer)[0]) - base)
         except ValueError:  # longer than the context: that record is refused when it is loaded

@@ -47,13 +47,13 @@ def negative_scores(negative: Sequence[bool], gave_mask: Sequence[bool]) -> dict
 
 
 def vote_gives_mask(paths_give_mask: Sequence[bool]) -> bool:
-    """Test-time scaling over m answer paths: the majority decides mask or no mask; a tie goes to the first
-    (greedy) path, so m = 2 never outvotes plain decoding."""
+    """Test-time scaling over m answer paths: the majority decides mask or no mask. A tie gives the mask: a
+    finding half the paths see is shown rather than hidden (and the deployable selection already prefers paths
+    with ``[SEG]``)."""
     if not paths_give_mask:
         raise ValueError("no answer path to vote on")
     yes = sum(map(bool, paths_give_mask))
-    no = len(paths_give_mask) - yes
-    return bool(paths_give_mask[0]) if yes == no else yes > no
+    return 2 * yes >= len(paths_give_mask)
 
 
 def grading_vocabulary(subset: Subset) -> Subset:
