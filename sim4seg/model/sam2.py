@@ -231,7 +231,8 @@ def _tiny(cfg: DictConfig) -> Sam2:
     spec = {**TINY, "width": max(cfg.vit_dim // 4, 4)}
     state = _read(cfg, "tiny_sam2", spec) if cfg.get("checkpoint") else None  # an export carries its weights
     dim = cfg.embed_dim
-    return _finish(_assemble(spec, cfg.img_size, dim, mask_channels=4, mlp_dim=2 * dim, heads=2), state, cfg)
+    # 16 mask channels as SAM2: with 4 the first mask conv has 1 channel, whose LayerNorm erases the mask prompt.
+    return _finish(_assemble(spec, cfg.img_size, dim, mask_channels=16, mlp_dim=2 * dim, heads=2), state, cfg)
 
 
 def _release(kind: str, cfg: DictConfig) -> Sam2:
