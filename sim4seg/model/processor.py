@@ -86,10 +86,11 @@ class Processor:
 
     def sample(self, image: np.ndarray, query: str, answer: str | None = None, mask: np.ndarray | None = None,
                sample_id: str = "") -> dict:
-        """One model input. ``mask`` (bool [H, W]) must match the image size."""
+        """One model input. ``mask`` must match the image size: bool [H, W] (every [SEG] of the answer gets it), or
+        [t, H, W] (several targets: one per [SEG], in answer order)."""
         h, w = image.shape[:2]
-        if mask is not None and mask.shape != (h, w):
-            raise ValueError(f"sample {sample_id!r}: mask is {mask.shape[0]}x{mask.shape[1]} but the image is {h}x{w}")
+        if mask is not None and mask.shape[-2:] != (h, w):
+            raise ValueError(f"sample {sample_id!r}: mask is {mask.shape[-2]}x{mask.shape[-1]} but the image is {h}x{w}")
         try:
             ids, labels = self.tokens(query, answer)
         except ValueError as e:
@@ -98,9 +99,14 @@ class Processor:
         out = {"id": sample_id, "input_ids": ids, "labels": labels, "pixel_values": self.clip(image),
                "sam_images": sam_image, "resize_hw": resize_hw, "orig_hw": (h, w)}
         if mask is not None:
-            # One target per [SEG] of the answer; a prompt without answer keeps the mask once, for scoring.
+            # One target per [SEG] of the answer; a prompt without answer keeps the mask(s) as given, for scoring.
             n = ids.count(self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)) if answer is not None else 1
-            out["masks"] = torch.from_numpy(mask).float()[None].expand(n, h, w)
+            if mask.ndim == 3:
+                if answer is not None and n != mask.shape[0]:
+                    raise ValueError(f"sample {sample_id!r}: {mask.shape[0]} target masks but {n} [SEG] in its answer")
+                out["masks"] = torch.from_numpy(mask).float()
+            else:
+                out["masks"] = torch.from_numpy(mask).float()[None].expand(n, h, w)
         return out
 
     def collate(self, samples: list[dict], left_pad: bool = False) -> dict:
