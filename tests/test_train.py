@@ -134,7 +134,9 @@ def test_two_gloo_ranks_train_save_and_resume(data, tmp_path):
 
 def test_two_ranks_with_one_rank_micro_batch_unreadable_take_the_same_steps(data, tmp_path):
     """Rank 1's whole first micro-batch is unreadable: its samples are replaced by others of rank 1's shard, so
-    both ranks take the same steps (before, rank 1 skipped the micro-batch and ZeRO's collectives hung)."""
+    both ranks take the same steps. Before, rank 1 skipped the micro-batch, so its epoch (7 micro-batches of 2,
+    one accumulation window) ended without an optimizer step while rank 0 waited in ZeRO's gradient reduction:
+    a hang, which the timeout turns into a failure."""
     from sim4seg.data.dataset import ResumableSampler, select_records
 
     root = tmp_path / "d"
@@ -145,15 +147,18 @@ def test_two_ranks_with_one_rank_micro_batch_unreadable_take_the_same_steps(data
     for rec in bad:
         (root / rec.image).write_bytes(b"not an image")
     out = tmp_path / "run"
+    assert len(records) == 28  # 14 per rank: 7 micro-batches, one window of train.grad_accum=7
+    base = [x for x in BASE if not x.startswith("train.grad_accum=")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29633",
-           "-m", "sim4seg.train", *BASE, f"data.root={root}", f"train.output_dir={out}", "train.max_steps=2",
-           "data.max_skip_fraction=0.5"]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # a hang fails here
+           "-m", "sim4seg.train", *base, f"data.root={root}", f"train.output_dir={out}", "train.grad_accum=7",
+           "train.epochs=1", "data.max_skip_fraction=0.5"]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)  # a hang fails here
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((out / "finished.json").read_text()) == {"steps_done": 2, "steps_planned": 2}
+    assert json.loads((out / "finished.json").read_text()) == {"steps_done": 1, "steps_planned": 1}
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in rows if "loss" in x] == [1, 2]
-    assert rows[-1]["final"] and rows[-1]["skipped"] == 2  # summed over ranks
+    assert [x["step"] for x in rows if "loss" in x] == [1]
+    assert [x["skipped"] for x in rows if "epoch_end" in x] == [2]  # the epoch's report, summed over ranks
+    assert rows[-1]["final"] and rows[-1]["skipped"] == 2
     for rec in bad:
         assert f"rank 1: skipped {root / rec.image}" in r.stdout + r.stderr
 

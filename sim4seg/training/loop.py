@@ -23,15 +23,15 @@ from sim4seg.training.validation import val_loader, validate
 
 def train(cfg: DictConfig) -> dict:
     """Train into ``cfg.train.output_dir`` (resuming with ``train.resume=true``); returns the final record."""
-    # -- checks that need neither model nor data files, then the ranks and the run directory
+    # -- checks that need no model (a refused run writes nothing), then the ranks and the run directory
     check_settings(cfg)
+    check_records(cfg)
     rank, world = init_distributed()
     import deepspeed  # after init_distributed has chosen the accelerator
 
     t = cfg.train
     run = RunDir(t.output_dir)
     changes = run.prepare(cfg, rank)
-    check_records(cfg)
     seed_everything(t.seed)
     dev = device()
     dtype = torch.bfloat16 if cfg.deepspeed.bf16 and torch.cuda.is_available() else torch.float32
