@@ -42,9 +42,12 @@ QUESTIONS = (
 
 
 def answer_markdown(answer: str, diagnosis: str, flags: list[str]) -> str:
-    """The diagnosis first, the whole answer (chain of thought) folded below it."""
+    """The diagnosis first ("no finding" when the answer gives no mask), the whole answer (chain of thought)
+    folded below it."""
     short = diagnosis if len(diagnosis) <= 200 else diagnosis[:200] + " ..."
     lines = [f"**Diagnosis:** {short or '(none stated)'}"]
+    if "no_finding" in flags:
+        lines.append("**No finding:** the answer marks no region (no mask)")
     if flags:
         lines.append(f"*flags: {', '.join(flags)}*")
     lines.append(f"<details><summary>Full answer</summary>\n\n{answer}\n\n</details>")
@@ -64,7 +67,7 @@ def respond(predictor, image: str | Path, question: str, options: ReadOptions, m
     mask_png = Path(out_dir or tempfile.mkdtemp(prefix="sim4seg-app-")) / f"{Path(image).name.split('.')[0]}_mask.png"
     write_mask_png(mask_png, pred.mask)
     region = overlay(picture, np.zeros_like(pred.mask), pred.region) if pred.region is not None else None
-    iou = "no mask ([SEG] not generated)" if pred.sam_iou is None else f"{pred.sam_iou:.3f}"
+    iou = "no mask (no finding: [SEG] not generated)" if pred.sam_iou is None else f"{pred.sam_iou:.3f}"
     outputs = (answer_markdown(pred.answer, pred.diagnosis, pred.flags), overlay(picture, pred.mask, pred.region),
                region, iou, str(mask_png))
     pred.timings["output"] = time.perf_counter() - t0

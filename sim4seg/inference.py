@@ -30,7 +30,7 @@ from sim4seg.evaluation.answer import decode_answer
 from sim4seg.evaluation.figures import region_on_image
 from sim4seg.evaluation.run import COT_MIN_BUDGET
 from sim4seg.inputs import validate_query, validate_tts
-from sim4seg.metrics import diagnosis_span
+from sim4seg.metrics import diagnosis_span, vote_gives_mask
 from sim4seg.model.checkpoint import load_run, require_finished
 from sim4seg.model.processor import Processor
 from sim4seg.model.sim4seg import Sim4Seg
@@ -42,7 +42,8 @@ DEFAULT_BUDGET = 128  # new tokens for seg/diagnosis answers; CoT answers get CO
 @dataclass
 class Prediction:
     """One answered request. mask, region: bool [H, W] at the image's size (region None with RVLS2M off);
-    seg_masks: every [SEG]'s mask of the answer path, bool [s, H, W]; timings in seconds."""
+    seg_masks: every [SEG]'s mask of the answer path, bool [s, H, W]; finding: the answer gives a (non-empty)
+    mask, False for "no finding" (flagged ``no_finding``); timings in seconds."""
 
     answer: str
     diagnosis: str
@@ -52,6 +53,7 @@ class Prediction:
     n_seg: int
     flags: list[str]
     seg_masks: np.ndarray
+    finding: bool = True
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -157,18 +159,22 @@ class Predictor:
         spans = [diagnosis_span(a, self.fmt) for a in answers]
         best = tts.majority([(s,) for s in spans], [p.mean_logprob for p in paths]) if m > 1 else 0
         masks, sam_iou, has_seg = cand.prefix(m, n)
-        pick = tts.select_mask(masks, select, sam_iou, None, has_seg)
+        # most paths answered without [SEG] ("no finding"): no mask, as the evaluation decides
+        voted = has_seg if vote_gives_mask([q.n_seg > 0 for q in paths]) else ~has_seg
+        pick = tts.select_mask(masks, select, sam_iou, None, voted)
         owner = paths[pick // n]  # the path whose [SEG] the chosen mask comes from
         p = paths[best]
         h, w = image.shape[:2]
         region = None
         if owner.n_seg and owner.decoded.cells is not None:
             region = region_on_image(owner.decoded.cells[0].cpu(), (h, w), self.model.clip_view)
+        finding = bool(masks[pick].any())
         flags = [f for f, on in (("no_seg", p.n_seg == 0), ("multi_seg", p.n_seg > 1), ("truncated", p.truncated),
-                                 ("mask_from_other_path", pick // n != best and owner.n_seg > 0)) if on]
+                                 ("mask_from_other_path", pick // n != best and owner.n_seg > 0),
+                                 ("no_finding", not finding)) if on]
         return Prediction(answer=answers[best], diagnosis=spans[best], mask=masks[pick].numpy(), region=region,
                           sam_iou=float(sam_iou[pick]) if owner.n_seg else None, n_seg=p.n_seg, flags=flags,
-                          seg_masks=(p.decoded.logits > 0).cpu().numpy(), timings=timings)
+                          seg_masks=(p.decoded.logits > 0).cpu().numpy(), finding=finding, timings=timings)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:

@@ -67,7 +67,7 @@ def predict(ckpt: str | Path, image_path: str | Path, query: str, out: str | Pat
 
     pred = _predictor(ckpt, max_new_tokens).predict(image, query, m, n, select, sample_id=Path(image_path).name)
     result = {"image": str(image_path), "query": query, "answer": pred.answer, "diagnosis": pred.diagnosis,
-              "n_seg": pred.n_seg, "flags": pred.flags, "truncated": "truncated" in pred.flags,
+              "n_seg": pred.n_seg, "flags": pred.flags, "truncated": "truncated" in pred.flags, "finding": pred.finding,
               "mask_area": int(pred.mask.sum()), "sam_iou": pred.sam_iou}
     if out is not None:
         out = Path(out)
@@ -166,7 +166,7 @@ def predict_batch(ckpt: str | Path, images: str | Path, out: str | Path, query: 
             append_jsonl(out / PREDICTIONS, [{
                 "image": it.key, "query": it.query, "answer": pred.answer, "diagnosis": pred.diagnosis,
                 "mask": _rle(pred.mask), "mask_png": rel, "mask_area": int(pred.mask.sum()), "sam_iou": pred.sam_iou,
-                "n_seg": pred.n_seg, "flags": pred.flags}])
+                "n_seg": pred.n_seg, "flags": pred.flags, "finding": pred.finding}])
             written += 1
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / ERRORS, "".join(json.dumps(b) + "\n" for b in bad))

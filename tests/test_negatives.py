@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
 from sim4seg.data.prompts import answer_for
 from sim4seg.data.schema import NORMAL
@@ -18,6 +21,7 @@ from sim4seg.metrics import (
     vote_gives_mask,
 )
 
+CONFIGS = Path(__file__).resolve().parents[1] / "sim4seg" / "configs"
 COT = "Firstly, the modality of this image is x-ray. Secondly, the image analysis shows no abnormality. " \
       "Finally, the diagnosis is normal."
 
@@ -93,3 +97,89 @@ def test_negative_scores_undefined_without_samples_of_a_kind() -> None:
                                        ([False, False, False, True], False)])
 def test_vote_majority_ties_give_the_mask(paths: list[bool], out: bool) -> None:
     assert vote_gives_mask(paths) is out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end: a synthetic set with negatives and several targets trains and evaluates
+
+
+@pytest.fixture(scope="module")
+def clinical_run(tmp_path_factory):
+    from hydra import compose, initialize_config_dir
+
+    from sim4seg.data.synthetic import write_synthetic
+    from sim4seg.training import train
+
+    base = tmp_path_factory.mktemp("clinical")
+    data = write_synthetic(base / "data", n=36, seed=3, progress=False, negatives=0.25, multi_target=0.25)
+    run = base / "run"
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("train", ["model=tiny", f"data.root={data}", f"train.output_dir={run}", "train.max_steps=2",
+                                "train.micro_batch=2", "train.grad_accum=1", "train.warmup_steps=1",
+                                "train.eval_every=0", "train.save_every=0", "train.progress=false",
+                                "wandb.mode=disabled", "data.answer_format=diagnosis"])
+    train(cfg)
+    return data, run
+
+
+def _evaluate(data, run, out, *extra):
+    from hydra import compose, initialize_config_dir
+
+    from sim4seg.evaluation import evaluate
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("eval", [f"ckpt={run}", f"data.root={data}", f"out={out}", "max_new_tokens=8", "progress=false",
+                               "batch_size=3", "overlays_per_subset=1", *extra])
+    return evaluate(cfg)
+
+
+def test_dataset_gives_no_target_to_negatives_and_one_per_target(clinical_run, tiny) -> None:
+    from sim4seg.data.dataset import M3DSDataset
+
+    data, _ = clinical_run
+    _, proc = tiny
+    ds = M3DSDataset(data, "train", proc, "diagnosis")
+    neg = next(i for i, r in enumerate(ds.records) if r.is_negative)
+    several = next(i for i, r in enumerate(ds.records) if r.targets)
+    assert ds[neg]["masks"].shape[0] == 0  # no [SEG] in its answer: no mask loss
+    s = ds[several]
+    assert s["masks"].shape[0] == len(ds.records[several].targets) == 2
+    assert not torch.equal(s["masks"][0], s["masks"][1])  # each [SEG] its own finding
+
+
+def test_negatives_and_targets_evaluate_with_the_clinical_keys(clinical_run, tmp_path) -> None:
+    from sim4seg.evaluation.clinical import CLINICAL_KEYS
+
+    data, run = clinical_run
+    for mode in ("teacher", "generate"):
+        res = _evaluate(data, run, tmp_path / mode, f"mode={mode}")
+        rows = [json.loads(x) for x in (tmp_path / mode / "samples.jsonl").read_text().splitlines()]
+        assert any(r["negative"] for r in rows) and all("gave_mask" in r for r in rows)
+        for part in [res["overall"], *res["subsets"].values()]:
+            assert set(CLINICAL_KEYS) <= set(part)
+            assert all(v is None or 0 <= v <= 100 for v in (part[k] for k in CLINICAL_KEYS))
+        assert res["overall"]["N-Acc"] is not None and res["overall"]["gIoU_pos"] is not None
+        if mode == "teacher":  # the reference answers: negatives say "no finding", targets carry their labels
+            assert res["overall"]["N-Acc"] == 100.0
+            several = [r for r in rows if "pairs" in r]
+            assert several and all([p["label"] for p in r["pairs"]] == [p["label"] for p in sorted(
+                r["pairs"], key=lambda p: p["target"])] for r in several)
+            assert all("pointing" in r for r in rows if not r["negative"])
+        assert "N-Acc" in (tmp_path / mode / "metrics.md").read_text()
+
+
+def test_trivial_baselines_beside_n_acc(clinical_run, tmp_path, capsys) -> None:
+    from sim4seg.evaluation.baselines import baselines, main
+
+    data, run = clinical_run
+    _evaluate(data, run, tmp_path / "g", "mode=generate")
+    base = baselines(data, "test")
+    assert base["n_negatives"] > 0
+    never, always = base["empty"], base["full"]
+    assert (never["N-Acc"], never["FP-rate"], never["miss-rate"]) == (100.0, 0.0, 100.0)
+    assert (always["N-Acc"], always["FP-rate"], always["miss-rate"]) == (0.0, 100.0, 0.0)
+    assert never["gIoU"] > never["gIoU_pos"] == 0.0  # a negative answered with no mask scores 1
+    main(["--data", str(data), "--split", "test", "--results", str(tmp_path / "g")])
+    out = capsys.readouterr().out
+    assert "| gIoU_pos | cIoU_pos | N-Acc | FP-rate | miss-rate | Acc |" in out
+    assert "never a mask" in out and "always a mask" in out and "N-Acc" in out.splitlines()[-1]
