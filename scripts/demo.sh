@@ -5,13 +5,18 @@
 set -euo pipefail
 source "$(dirname "$0")/setup_env.sh"
 start=$(date +%s)
-[ -f data/synthetic/records.jsonl ] || sim4seg data synth --out data/synthetic --n 80 --seed 0
-if [ ! -f runs/demo/trainable.safetensors ]; then
-  resume=false; [ -f runs/demo/checkpoints/latest ] && resume=true
-  python -m sim4seg.train experiment=demo train.resume=$resume
+# Variants (README, "Clinical outputs"): DEMO_NAME names runs/ and results/, DEMO_DATA the data folder,
+# DEMO_SYNTH its extra synth flags (e.g. "--negatives 0.25 --multi-target 0.25"), DEMO_TRAIN extra training
+# overrides (e.g. "loss.region=1.0").
+name=${DEMO_NAME:-demo}; data=${DEMO_DATA:-data/synthetic}
+[ -f "$data/records.jsonl" ] || sim4seg data synth --out "$data" --n 80 --seed 0 ${DEMO_SYNTH:-}
+if [ ! -f "runs/$name/trainable.safetensors" ]; then
+  resume=false; [ -f "runs/$name/checkpoints/latest" ] && resume=true
+  python -m sim4seg.train experiment=demo data.root="$data" train.output_dir="runs/$name" train.resume=$resume \
+    ${DEMO_TRAIN:-}
 fi
-python -m sim4seg.eval ckpt=runs/demo data.root=data/synthetic split=test mode=generate out=results/demo \
+python -m sim4seg.eval ckpt="runs/$name" data.root="$data" split=test mode=generate out="results/$name" \
   max_new_tokens=64 overlays_per_subset=2
-python -m sim4seg.baselines --data data/synthetic --split test --results results/demo
-echo "demo finished in $(( $(date +%s) - start )) s; tables: results/demo/metrics.md, overlays: results/demo/overlays/"
-echo "open the app on this model: sim4seg app --ckpt runs/demo   (then http://127.0.0.1:7860)"
+python -m sim4seg.baselines --data "$data" --split test --results "results/$name"
+echo "demo finished in $(( $(date +%s) - start )) s; tables: results/$name/metrics.md, overlays: results/$name/overlays/"
+echo "open the app on this model: sim4seg app --ckpt runs/$name   (then http://127.0.0.1:7860)"

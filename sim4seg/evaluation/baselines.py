@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if base["n_negatives"]:  # each trivial rule is perfect on one kind of sample: N-Acc means something beside miss-rate
         verdict += (f"; N-Acc {_f(o.get('N-Acc'))} at miss-rate {_f(o.get('miss-rate'))} (never a mask: 100 at 100, "
                     "always a mask: 0 at 0)")
+    if o.get("pointing") is not None:  # does RVLS2M point at the lesion? (positives; sim4seg.metrics.region)
+        verdict += (f"\nRVLS2M region: precision {_f(o['region_precision'])}, recall {_f(o['region_recall'])}, "
+                    f"pointing {_f(o['pointing'])}")
     table = "\n".join(lines)
     print(table + "\n" + verdict)
     atomic_write_text(Path(args.results) / "baselines.md", f"# Learned vs trivial baselines ({base['n']} samples)\n\n"
