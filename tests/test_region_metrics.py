@@ -97,3 +97,37 @@ def test_empty_target_is_refused_and_summary_averages() -> None:
             {"region_precision": 0.0, "region_recall": 0.5, "pointing": 0.0}]
     assert summarize_regions(rows) == {"region_precision": 0.25, "region_recall": 0.75, "pointing": 0.5}
     assert all(math.isnan(v) for v in summarize_regions([]).values())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the region loss (ours, loss.region): its target distribution and value, by hand
+
+
+def test_cell_coverage_in_the_models_geometry() -> None:
+    from sim4seg.model.losses import cell_coverage
+
+    # H=4, W=8, center crop, g=2: cells are 2x2 blocks of columns 2..5. Target: columns 0..2 -> cell (r, 0)
+    # covers columns 2-3, half inside; cell (r, 1) (columns 4-5) none.
+    target = torch.from_numpy(box(0, 4, 0, 3, (4, 8)))[None]
+    cov = cell_coverage(target, (4, 8), 2, "center_crop")
+    assert cov.shape == (1, 2, 2)
+    assert torch.allclose(cov[0], torch.tensor([[0.5, 0.0], [0.5, 0.0]]))
+    # pad: the 8x8 square, image rows 2..5 of it; cell (0, 0) shows image rows 0-1, columns 0-3 (3 of 4 columns in)
+    cov = cell_coverage(target, (4, 8), 2, "pad")
+    assert torch.allclose(cov[0], torch.tensor([[0.75, 0.0], [0.75, 0.0]]))
+
+
+def test_region_loss_by_hand_and_its_gradient() -> None:
+    from sim4seg.model.losses import region_loss
+
+    target = torch.from_numpy(box(0, 4, 0, 3, (4, 8)))[None]  # coverage [[.5, 0], [.5, 0]] -> q = [.5, 0, .5, 0]
+    flat = torch.zeros(1, 2, 2, requires_grad=True)  # uniform cells: P = 1/4 each
+    loss = region_loss([flat], [target], [(4, 8)], "center_crop")
+    assert loss.item() == pytest.approx(math.log(4))
+    loss.backward()  # d/dx of -sum q log softmax(x) = softmax(x) - q
+    assert torch.allclose(flat.grad[0], torch.tensor([[0.25 - 0.5, 0.25], [0.25 - 0.5, 0.25]]))
+    on = torch.tensor([[[2.0, 0.0], [2.0, 0.0]]])  # mass on the target's cells lowers it
+    assert region_loss([on], [target], [(4, 8)], "center_crop").item() < math.log(4)
+    # no [SEG] (a negative) or an empty target: nothing to learn, zero
+    assert region_loss([torch.zeros(0, 2, 2)], [torch.zeros(0, 4, 8)], [(4, 8)], "center_crop").item() == 0.0
+    assert region_loss([flat], [torch.zeros(1, 4, 8)], [(4, 8)], "center_crop").item() == 0.0
