@@ -131,3 +131,17 @@ def test_region_loss_by_hand_and_its_gradient() -> None:
     # no [SEG] (a negative) or an empty target: nothing to learn, zero
     assert region_loss([torch.zeros(0, 2, 2)], [torch.zeros(0, 4, 8)], [(4, 8)], "center_crop").item() == 0.0
     assert region_loss([flat], [torch.zeros(1, 4, 8)], [(4, 8)], "center_crop").item() == 0.0
+
+
+def test_forward_adds_the_region_term_only_when_asked(fresh_model, make_batch) -> None:
+    from dataclasses import replace
+
+    batch = make_batch(2)
+    off = fresh_model(batch).losses
+    assert "region" not in off  # the paper's objective, unchanged
+    fresh_model.loss_weights = replace(fresh_model.loss_weights, region=2.0)
+    on = fresh_model(batch).losses
+    assert torch.allclose(on["total"], off["total"] + 2.0 * on["region"])
+    assert 0 < on["region"].item() < 2 * math.log(16 * 16)  # near log(g^2) for a random similarity map
+    on["region"].backward()  # it trains phi (and the LVLM states behind it)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fresh_model.text_hidden_fcs.parameters())

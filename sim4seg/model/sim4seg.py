@@ -17,7 +17,7 @@ from torch.func import functional_call
 from transformers import LlavaForConditionalGeneration
 
 from sim4seg.model import frames, rvls2m
-from sim4seg.model.losses import LossWeights, mask_losses, total_loss
+from sim4seg.model.losses import LossWeights, mask_losses, region_loss, total_loss
 from sim4seg.model.rvls2m import RVLS2MConfig
 
 SEG_STATES = ("predicting", "token")
@@ -158,6 +158,23 @@ class Sim4Seg(nn.Module):
             out.append(Decoded(logits, iou, seg_embeds[sel], c, **extra))
         return out
 
+    def region_log_cells(self, image_states: Sequence[torch.Tensor], seg_states: torch.Tensor,
+                         seg_batch: torch.Tensor, token_grids: Sequence | None = None) -> list[torch.Tensor]:
+        """For the region loss, with autograd: per image, the log of Eq. 7's cell means of Eq. 5's softmax over
+        its image tokens, one map per [SEG] [s_b, g, g]. image_states: per image [n_b, H]; seg_states: [S, H] with
+        seg_batch [S] the image index of each."""
+        def phi(x: torch.Tensor) -> torch.Tensor:
+            return (self.text_hidden_fcs(x) if self.rvls2m.project else x).float()
+
+        seg = phi(seg_states)
+        out = []
+        for b in range(len(image_states)):
+            sel = (seg_batch == b).nonzero(as_tuple=True)[0]
+            sim = rvls2m.similarity(phi(image_states[b])[None].expand(len(sel), -1, -1), seg[sel])
+            grid = {"token_grid": token_grids[b]} if token_grids else {}
+            out.append(rvls2m.region_scores(rvls2m.normalize(sim, "softmax"), self.rvls2m.grid, log=True, **grid))
+        return out
+
     # ---- LVLM side ---------------------------------------------------------------------------------------
     def image_states(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """States of the image tokens. hidden: [B, L, H] -> [B, n, H]"""
@@ -184,15 +201,21 @@ class Sim4Seg(nn.Module):
         emb = batch.get("sam_embeddings")
         if emb is None:
             emb = self.encode_images(batch["sam_images"])
-        decoded = self.segment(emb, self.image_states(hidden, ids), hidden[seg_b, seg_pos], seg_b,
+        img_states, seg_states = self.image_states(hidden, ids), hidden[seg_b, seg_pos]
+        decoded = self.segment(emb, img_states, seg_states, seg_b,
                                batch["resize_hw"], batch["orig_hw"])
         gt = batch.get("masks")
         txt = out.loss if out.loss is not None else hidden.new_zeros(())
         if gt is None:
             zero = hidden.new_zeros(()).float()
             return ForwardOutput(total_loss(txt, zero, zero, self.loss_weights), decoded, 0)
-        bce, dice, n = mask_losses([d.logits for d in decoded], [g.to(hidden.device) for g in gt])
-        return ForwardOutput(total_loss(txt, bce, dice, self.loss_weights), decoded, n)
+        gt = [g.to(hidden.device) for g in gt]
+        bce, dice, n = mask_losses([d.logits for d in decoded], gt)
+        region = None
+        if self.loss_weights.region and self.use_rvls2m():  # ours, off by default (losses.py)
+            region = region_loss(self.region_log_cells(img_states, seg_states, seg_b, batch.get("token_grid")), gt,
+                                 batch["orig_hw"], self.clip_view)
+        return ForwardOutput(total_loss(txt, bce, dice, self.loss_weights, region), decoded, n)
 
     # ---- inference -------------------------------------------------------------------------------------------
     @torch.no_grad()
