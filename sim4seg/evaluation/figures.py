@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from sim4seg.data.io import load_image, load_mask  # noqa: E402
 from sim4seg.data.schema import Record  # noqa: E402
-from sim4seg.metrics import cells_in_image as region_on_image  # noqa: E402,F401  (the one placement of cells)
+from sim4seg.metrics import cells_in_image as region_on_image  # noqa: E402  (the one placement of cells)
 
 
 def overlay_png(path: Path, root: str | Path, rec: Record, pred: np.ndarray, cells: torch.Tensor | None,
