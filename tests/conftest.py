@@ -21,7 +21,6 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "sim4seg" / "configs" / "model" / "tiny.yaml"
 
 # (subset, label, seed) of small synthetic images with large, learnable lesions.
 SPECS = (("SynthDerm", "benign", 0), ("SynthDerm", "malignant", 1), ("SynthUS", "benign", 2),
@@ -29,16 +28,21 @@ SPECS = (("SynthDerm", "benign", 0), ("SynthDerm", "malignant", 1), ("SynthUS", 
 QUERY = "Please segment the lesion."
 
 
+def tiny_config(preset: str = "tiny"):
+    """The ``model`` config of a preset, composed as the entry points compose it (presets select model/base)."""
+    from sim4seg.config import compose
+
+    return compose("train", [f"model={preset}"]).model
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """(model, processor) of the ``tiny`` preset, built once. Tests that change weights must use ``fresh_model``;
     tests that flip settings (train/eval, seg_state, rvls2m) must restore them."""
-    from omegaconf import OmegaConf
-
     from sim4seg.model.builder import build_model
 
     torch.manual_seed(0)
-    return build_model(OmegaConf.load(TINY_CONFIG))
+    return build_model(tiny_config())
 
 
 @pytest.fixture

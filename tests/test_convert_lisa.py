@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sim4seg.errors import UserError
-from sim4seg.model.builder import CLIP_MEAN, CLIP_STD
+from sim4seg.model.families.llava import CLIP_MEAN, CLIP_STD
 
 # The tiny SAM kind of the registry (which loads ``model.sam.checkpoint`` when set) stands in for ViT-H: the
 # converter takes a full ``model.sam`` mapping where the CLI takes --sam-variant {auto,vit_h,vit_l,vit_b}.

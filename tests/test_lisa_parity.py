@@ -15,11 +15,12 @@ import importlib.util
 import json
 
 import pytest
-from conftest import REPO, TINY_CONFIG
+from conftest import REPO, tiny_config
 from omegaconf import OmegaConf
 
 from sim4seg.config import compose
 from sim4seg.model.builder import build_tokenizer
+from sim4seg.model.families.llava import ClipView
 from sim4seg.model.processor import Processor
 from sim4seg.model.prompt_formats import IGNORE, LISA_SYSTEM
 
@@ -32,8 +33,8 @@ _spec.loader.exec_module(golden_script)
 
 
 def processor(cfg, tok) -> Processor:
-    return Processor(tok, image_processor=None, n_image_tokens=N_IMAGE, sam_size=64, sam_mean=[0.0] * 3,
-                     sam_std=[1.0] * 3, prompt_format=cfg.prompt_format, image_start=cfg.image_start,
+    return Processor(tok, ClipView(None, "center_crop", N_IMAGE), sam_size=64, sam_mean=[0.0] * 3, sam_std=[1.0] * 3,
+                     max_length=2048, prompt_format=cfg.prompt_format, image_start=cfg.image_start,
                      image_end=cfg.image_end)
 
 
@@ -81,7 +82,7 @@ def test_tiny_preset_uses_its_own_chat_template(tiny):
     """No LISA prompt in models that are not LISA: the tiny tokenizer's template, labels on the answer turn only."""
     model, proc = tiny
     tok = proc.tokenizer
-    assert OmegaConf.load(TINY_CONFIG).prompt_format == proc.prompt_format == "chat_template"
+    assert tiny_config().prompt_format == proc.prompt_format == "chat_template"
     ids, labels = proc.tokens("Please segment the lesion.", "It is [SEG].")
     image = ids.count(tok.convert_tokens_to_ids("<image>"))
     assert image == proc.n_image_tokens

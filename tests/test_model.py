@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CONFIG, make_samples, synthetic
+from conftest import make_samples, synthetic, tiny_config
 
 from sim4seg.model.losses import LossWeights, bce_loss, dice_loss, mask_losses, total_loss
 
@@ -402,11 +402,9 @@ def test_sim_std_is_the_spread_of_eq4_per_seg(tiny, make_batch):
 @pytest.fixture(scope="module")
 def tiny_bf16():
     """The tiny preset in bf16 (its own weights: the same seeds as ``tiny``)."""
-    from omegaconf import OmegaConf
-
     from sim4seg.model.builder import build_model
 
-    cfg = OmegaConf.load(TINY_CONFIG)
+    cfg = tiny_config()
     cfg.dtype = "bfloat16"
     torch.manual_seed(0)
     model, proc = build_model(cfg)

@@ -3,15 +3,15 @@ and back (segment_anything's postprocess), and the CLIP view, for random sizes a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
+from conftest import tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from segment_anything.modeling import Sam
 
+from sim4seg.model.families.llava import ClipView, image_processor
 from sim4seg.model.processor import Processor
 from sim4seg.model.sam import build_sam
 
@@ -20,11 +20,8 @@ SAM = build_sam(OmegaConf.create({"kind": "tiny", "checkpoint": None, "img_size"
 
 
 def processor(clip_view: str = "center_crop") -> Processor:
-    from sim4seg.model.builder import build_image_processor
-
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "sim4seg/configs/model/tiny.yaml")
-    return Processor(tokenizer=None, image_processor=build_image_processor(cfg), n_image_tokens=256, sam_size=128,
-                     sam_mean=[0.0] * 3, sam_std=[1.0] * 3, clip_view=clip_view)
+    return Processor(tokenizer=None, view=ClipView(image_processor(tiny_config()), clip_view, 256), sam_size=128,
+                     sam_mean=[0.0] * 3, sam_std=[1.0] * 3, max_length=1024)
 
 
 sizes = st.integers(min_value=40, max_value=400)
@@ -73,7 +70,7 @@ def test_clip_view_shows_the_region_rvls2m_assumes(sample, view):
     (pad): exactly the geometry rvls2m.to_mask_prompt uses to place cells."""
     img, mask = sample
     h, w = mask.shape
-    px = processor(view).clip(img)[0].numpy()  # normalised channel 0 of the 64 x 64 view
+    px = processor(view).vision(img).pixel_values[0].numpy()  # normalised channel 0 of the 64 x 64 view
     s = px.shape[0]
     side = min(h, w) if view == "center_crop" else max(h, w)
     top, left = (h - side) / 2, (w - side) / 2
@@ -97,17 +94,18 @@ def test_clip_view_shows_the_region_rvls2m_assumes(sample, view):
 def test_image_tokens_follow_the_lvlm_config():
     """One ``<image>`` id per feature LlavaModel gives: CLIP's patches, plus its class token when
     vision_feature_select_strategy is "full" (577 at 336 px for ViT-L/14), not (image_size // patch_size) ** 2."""
-    from conftest import QUERY, TINY_CONFIG, synthetic
+    from conftest import QUERY, synthetic
     from transformers import CLIPVisionConfig, LlavaConfig
 
-    from sim4seg.model.builder import build_model, image_token_count
+    from sim4seg.model.builder import build_model
+    from sim4seg.model.families.llava import image_token_count
 
     def count(size: int, strategy: str) -> int:
         vision = CLIPVisionConfig(image_size=size, patch_size=14)
         return image_token_count(LlavaConfig(vision_config=vision, vision_feature_select_strategy=strategy))
 
     assert (count(224, "default"), count(336, "default"), count(336, "full")) == (256, 576, 577)
-    cfg = OmegaConf.load(TINY_CONFIG)
+    cfg = tiny_config()
     cfg.lvlm.vision_feature_select_strategy = "full"
     model, proc = build_model(cfg)
     assert proc.n_image_tokens == (64 // 4) ** 2 + 1 == model.lvlm.config.image_seq_length

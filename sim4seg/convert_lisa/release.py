@@ -22,7 +22,7 @@ from transformers import (
 
 from sim4seg.convert_lisa.weights import ReleaseWeights
 from sim4seg.errors import UserError
-from sim4seg.model.builder import image_token_count
+from sim4seg.model.families.llava import image_token_count
 from sim4seg.model.sam import SAM_BUILDERS
 from sim4seg.model.tokens import IMAGE_TOKEN, SEG_TOKEN
 

@@ -28,6 +28,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from sim4seg.metrics import mask_counts
+from sim4seg.model.processor import repeat_rows
 from sim4seg.model.rvls2m import perturb_cells
 from sim4seg.model.sim4seg import Generation, Sim4Seg
 
@@ -72,10 +73,7 @@ def generate_paths(model: Sim4Seg, batch: dict, m: int, seed: int, temperature: 
     ids = [str(i) for i in batch["ids"]]
     procs = LogitsProcessorList(logits_processor or [])
     if m > 1:
-        rep = lambda xs: [x for x in xs for _ in range(m)]  # noqa: E731  (row b*m + j is path j of image b)
-        batch = {**batch, "resize_hw": rep(batch["resize_hw"]), "orig_hw": rep(batch["orig_hw"]),
-                 **{k: batch[k].repeat_interleave(m, 0)
-                    for k in ("input_ids", "attention_mask", "pixel_values", "sam_embeddings")}}
+        batch = repeat_rows(batch, m)  # row b*m + j is path j of image b
         seeds = [None if j == 0 else sample_seed(seed, i, "path", j) for i in ids for j in range(m)]
         procs.append(RowSampler(seeds, temperature, top_p))
     gens = model.generate(batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,

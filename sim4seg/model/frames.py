@@ -41,16 +41,14 @@ def stretch_mask_prompt(cells: torch.Tensor, orig_hw: Sequence[tuple[int, int]],
     """:func:`sim4seg.model.rvls2m.to_mask_prompt` for the stretch frame: prompt pixel (i, j) shows image point
     ((i + 0.5) H / size, (j + 0.5) W / size); each pixel takes the cell of the CLIP view its centre falls in, and
     pixels outside the view stay ``off``. cells: bool [B, g, g]; orig_hw: B pairs -> float [B, 1, size, size]"""
-    if clip_view not in rvls2m.CLIP_VIEWS:
-        raise ValueError(f"clip_view={clip_view!r}: use one of {', '.join(rvls2m.CLIP_VIEWS)}")
     b, g, _ = cells.shape
     if len(orig_hw) != b:
         raise ValueError(f"stretch_mask_prompt: {b} cell maps but {len(orig_hw)} image sizes")
     hw = torch.tensor(orig_hw, dtype=torch.float64, device=cells.device)
     h, w = hw[:, 0], hw[:, 1]
-    side = torch.minimum(h, w) if clip_view == "center_crop" else torch.maximum(h, w)
-    rows, rvalid = rvls2m._axis_cells(h, (h - side) / 2, side, size / h, size, g)  # per-axis scale: no padding
-    cols, cvalid = rvls2m._axis_cells(w, (w - side) / 2, side, size / w, size, g)
+    top, left, vh, vw = rvls2m.view_box(hw, clip_view)
+    rows, rvalid = rvls2m._axis_cells(h, top, vh, size / h, size, g)  # per-axis scale: no padding
+    cols, cvalid = rvls2m._axis_cells(w, left, vw, size / w, size, g)
     picked = cells[torch.arange(b, device=cells.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
     out = torch.full((b, 1, size, size), off, dtype=torch.float32, device=cells.device)
     out[:, 0][picked & rvalid[:, :, None] & cvalid[:, None, :]] = on

@@ -14,7 +14,9 @@
     query, the generation prompt, and the assistant turn as the template writes it. Labels: the assistant turn
     (plus EOS when the template ends it otherwise). For models that are not LISA.
 
-Both give one ``<image>`` id where the image goes; the Processor repeats it once per image feature.
+Both give one image placeholder id where the image goes (the family's: LLaVA's ``<image>``, Qwen2.5-VL's
+``<|image_pad|>``, which its template writes between ``<|vision_start|>`` and ``<|vision_end|>``); the Processor
+repeats it once per image token.
 """
 
 from __future__ import annotations
@@ -41,34 +43,35 @@ def lisa_v1_text(query: str, answer: str | None = None) -> str:
 
 
 def encode(prompt_format: str, tok: PreTrainedTokenizerBase, query: str, answer: str | None,
-           image: str = IMAGE_TOKEN) -> tuple[list[int], list[int]]:
-    """(ids, labels) of one sample; ``image`` is the text that stands for the image (``<image>``, or wrapped, e.g.
-    LISA's ``<im_start><image><im_end>``). Without an answer: the generation prompt, every label ``IGNORE``."""
+           image: str = IMAGE_TOKEN, image_token: str = IMAGE_TOKEN) -> tuple[list[int], list[int]]:
+    """(ids, labels) of one sample; ``image_token`` is the family's placeholder and ``image`` the text that stands
+    for the image (the placeholder, or wrapped, e.g. LISA's ``<im_start><image><im_end>``). Without an answer: the
+    generation prompt, every label ``IGNORE``."""
     if prompt_format == "lisa_v1":
-        return _lisa_v1(tok, query, answer, image)
+        return _lisa_v1(tok, query, answer, image, image_token)
     if prompt_format == "chat_template":
-        return _chat_template(tok, query, answer, image)
+        return _chat_template(tok, query, answer, image, image_token)
     raise ValueError(f"model.prompt_format={prompt_format!r}: use one of {', '.join(PROMPT_FORMATS)}")
 
 
 # ---- lisa_v1 -------------------------------------------------------------------------------------------------
-def _lisa_v1(tok: PreTrainedTokenizerBase, query: str, answer: str | None,
-             image: str) -> tuple[list[int], list[int]]:
+def _lisa_v1(tok: PreTrainedTokenizerBase, query: str, answer: str | None, image: str,
+             image_token: str) -> tuple[list[int], list[int]]:
     text = lisa_v1_text(query, answer).replace(IMAGE_TOKEN, image)
-    ids = _lisa_ids(tok, text)
+    ids = _lisa_ids(tok, text, image_token)
     if answer is None:
         return ids, [IGNORE] * len(ids)
     # collate_fn: target[0] and target[1 : 1 + len(ids(instruction)) - 2] are ignored, the rest of the round kept.
     instruction = text.partition(_LISA_ANSWER_SEP)[0] + _LISA_ANSWER_SEP
-    masked = min(len(_lisa_ids(tok, instruction)) - 1, len(ids))
+    masked = min(len(_lisa_ids(tok, instruction, image_token)) - 1, len(ids))
     return ids, [IGNORE] * masked + ids[masked:]
 
 
-def _lisa_ids(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """tokenizer_image_token: BOS, then the pieces between ``<image>`` placeholders, the image id between them."""
-    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+def _lisa_ids(tok: PreTrainedTokenizerBase, text: str, image_token: str) -> list[int]:
+    """tokenizer_image_token: BOS, then the pieces between image placeholders, the image id between them."""
+    image_id = tok.convert_tokens_to_ids(image_token)
     ids = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    for i, chunk in enumerate(text.split(IMAGE_TOKEN)):
+    for i, chunk in enumerate(text.split(image_token)):
         ids += ([image_id] if i else []) + _slow_llama_ids(tok, chunk)
     return ids
 
@@ -94,11 +97,11 @@ def _slow_llama_ids(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 # ---- chat_template -------------------------------------------------------------------------------------------
-def _chat_template(tok: PreTrainedTokenizerBase, query: str, answer: str | None,
-                   image: str) -> tuple[list[int], list[int]]:
+def _chat_template(tok: PreTrainedTokenizerBase, query: str, answer: str | None, image: str,
+                   image_token: str) -> tuple[list[int], list[int]]:
     user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}]
     prompt = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-    ids = _ids(tok, prompt, image)
+    ids = _ids(tok, prompt, image, image_token)
     if answer is None:
         return ids, [IGNORE] * len(ids)
     chat = user + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
@@ -106,11 +109,11 @@ def _chat_template(tok: PreTrainedTokenizerBase, query: str, answer: str | None,
     if not full.startswith(prompt):
         raise ValueError("the tokenizer's chat template does not start a conversation with its generation prompt; "
                          "use model.prompt_format=lisa_v1")
-    turn = _ids(tok, full[len(prompt):], image)
+    turn = _ids(tok, full[len(prompt):], image, image_token)
     if tok.eos_token_id not in turn:  # the model must learn to stop
         turn.append(tok.eos_token_id)
     return ids + turn, [IGNORE] * len(ids) + turn
 
 
-def _ids(tok: PreTrainedTokenizerBase, text: str, image: str) -> list[int]:
-    return tok(text.replace(IMAGE_TOKEN, image), add_special_tokens=False)["input_ids"]
+def _ids(tok: PreTrainedTokenizerBase, text: str, image: str, image_token: str) -> list[int]:
+    return tok(text.replace(image_token, image), add_special_tokens=False)["input_ids"]

@@ -12,6 +12,12 @@ Algorithm 1, step by step, one function per equation::
 :func:`perturb_cells` is the test-time-scaling perturbation g(M_region, theta) of Eq. 12.
 Everything is batched; no Python loop runs over cells or images.
 
+The grid the model saw: a CLIP tower (LLaVA) gives a square grid of n tokens from a square view of the image (its
+centre crop, or the image padded to a square), and Eq. 6 lays them out. Qwen2.5-VL gives the (H'/28) x (W'/28) grid
+of merged patches of the whole image resized to H' x W' (multiples of 28, aspect ratio kept up to rounding),
+usually not square: ``token_grid`` passes that grid to Eqs. 6-7, and ``clip_view="resize"`` places the g x g
+cells on the whole image, each axis on its own scale.
+
 Why log space: the phi-space dot products can spread by hundreds, and then the softmax probabilities of most
 tokens are exactly 0 in floating point; their cells would tie and top-k would fill up with the top-left cells.
 Eq. 7's cell means taken in log space (log-sum-exp) keep the exact order of the pooled softmax.
@@ -31,7 +37,7 @@ from sim4seg.errors import UserError
 
 STRATEGIES = ("topk", "ratio", "threshold")
 NORMALIZATIONS = ("softmax", "minmax")
-CLIP_VIEWS = ("center_crop", "pad")
+CLIP_VIEWS = ("center_crop", "pad", "resize")  # model.clip_view: how the LVLM sees the image
 
 
 class RVLS2MSettingError(UserError, ValueError):
@@ -110,12 +116,21 @@ def normalize(sim: torch.Tensor, how: str = "softmax") -> torch.Tensor:
     raise RVLS2MSettingError(f"rvls2m.normalize={how!r}: use one of {', '.join(NORMALIZATIONS)}")
 
 
-def token_map(sim_norm: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+def token_map(sim_norm: torch.Tensor, fill: float = 0.0,
+              token_grid: tuple[int, int] | None = None) -> torch.Tensor:
     """Eq. 6: lay the n scores row-major on an h' x w' map, h' = floor(sqrt n), w' = ceil(n / h').
 
-    Slots past n (when n is not h' * w') hold ``fill``: 0, or -inf for log-scores. [B, n] -> [B, h', w']
+    Eq. 6 is right for the square token grids of CLIP towers (n = h'^2). ``token_grid`` = (h', w'), the rows and
+    columns the LVLM's tokens really form, row-major, h' w' = n (Qwen2.5-VL: H'/28 x W'/28, see the module
+    docstring), replaces Eq. 6's guess. Slots past n (Eq. 6 when n is not h' * w') hold ``fill``: 0, or -inf for
+    log-scores. [B, n] -> [B, h', w']
     """
     b, n = sim_norm.shape
+    if token_grid is not None:
+        h, w = token_grid
+        if h * w != n:
+            raise ValueError(f"token_map: a {h}x{w} token grid holds {h * w} tokens, not {n}")
+        return sim_norm.reshape(b, h, w)
     h = math.isqrt(n)
     w = math.ceil(n / h)
     return F.pad(sim_norm, (0, h * w - n), value=fill).view(b, h, w)
@@ -131,18 +146,20 @@ def _axis_means(length: int, grid: int, like: torch.Tensor) -> torch.Tensor:
     return eye.T.reshape(grid, up // grid, length).mean(1)
 
 
-def region_scores(sim_norm: torch.Tensor, grid: int = 16, log: bool = False) -> torch.Tensor:
+def region_scores(sim_norm: torch.Tensor, grid: int = 16, log: bool = False,
+                  token_grid: tuple[int, int] | None = None) -> torch.Tensor:
     """Eqs. 6-7: mean score of each of g x g non-overlapping cells of the token map. [B, n] -> [B, g, g]
 
     When h' and w' are multiples of g, cell (k, l) is the mean of an (h'/g) x (w'/g) block: exactly Eq. 7 for the
-    square token grids of CLIP (h' = w', b = h'/g). Otherwise (e.g. g = 32 or 64 on a 16 x 16 grid, paper Fig. 6)
-    the map is first upsampled bilinearly to the next multiple of g on each side, then block-averaged. Both are
-    one separable linear map with non-negative weights A_h [g, h'], A_w [g, w'].
+    square token grids of CLIP (h' = w', b = h'/g). Otherwise (e.g. g = 32 or 64 on a 16 x 16 grid, paper Fig. 6,
+    or a rectangular Qwen2.5-VL grid, ``token_grid``, see :func:`token_map`) each side is first upsampled linearly
+    to its next multiple of g, then block-averaged: every cell covers 1/g of the view's height and 1/g of its
+    width. Both are one separable linear map with non-negative weights A_h [g, h'], A_w [g, w'].
 
     ``log=True``: ``sim_norm`` holds log-scores (``normalize(.., "softmax")``) and the result is the log of the
     same cell means, log sum_uv A_h[k, u] A_w[l, v] exp(x_uv), by log-sum-exp: exact where the means underflow.
     """
-    m = token_map(sim_norm, -math.inf if log else 0.0)
+    m = token_map(sim_norm, -math.inf if log else 0.0, token_grid)
     _, h, w = m.shape
     a_h, a_w = _axis_means(h, grid, m), _axis_means(w, grid, m)
     if not log:
@@ -177,18 +194,35 @@ def select_cells(scores: torch.Tensor, strategy: str = "topk", k: int = 36, rati
     return cells.view(b, g, g)
 
 
-def region_mask(image_states: torch.Tensor, seg: torch.Tensor, cfg: RVLS2MConfig) -> Region:
+def region_mask(image_states: torch.Tensor, seg: torch.Tensor, cfg: RVLS2MConfig,
+                token_grid: tuple[int, int] | None = None) -> Region:
     """Algorithm 1 (after phi): the cells, their region scores and the similarities (see :class:`Region`).
 
-    image_states: [B, n, d]; seg: [B, d] (both already phi-projected, or both raw).
+    image_states: [B, n, d]; seg: [B, d] (both already phi-projected, or both raw); token_grid: the (h', w') the
+    n tokens form (:func:`token_map`), None for a CLIP tower's square grid.
     """
     # float64: distinct float32 similarities stay distinct after subtracting softmax's log-normaliser.
     sim = similarity(image_states.double(), seg.double())
     log = cfg.normalize == "softmax"
-    scores = region_scores(normalize(sim, cfg.normalize), cfg.grid, log=log)
+    scores = region_scores(normalize(sim, cfg.normalize), cfg.grid, log=log, token_grid=token_grid)
     # threshold scales the cell means themselves, not their logs; topk/ratio see only the order.
     by = scores.exp() if log and cfg.strategy == "threshold" else scores
     return Region(select_cells(by, cfg.strategy, cfg.k, cfg.ratio, cfg.threshold), scores, sim)
+
+
+def view_box(orig_hw: torch.Tensor, clip_view: str) -> tuple[torch.Tensor, ...]:
+    """Where the LVLM's view lies on each original image: (top, left, height, width), each [B] (float64).
+
+    ``center_crop``: the central min(H, W) square (CLIP's processor); ``pad``: the max(H, W) square with the image
+    centred (LLaVA-1.5); ``resize``: the whole image (Qwen2.5-VL resizes it without cropping). orig_hw: [B, 2]
+    """
+    if clip_view not in CLIP_VIEWS:
+        raise ValueError(f"clip_view={clip_view!r}: use one of {', '.join(CLIP_VIEWS)}")
+    h, w = orig_hw[:, 0], orig_hw[:, 1]
+    if clip_view == "resize":
+        return torch.zeros_like(h), torch.zeros_like(w), h, w
+    side = torch.minimum(h, w) if clip_view == "center_crop" else torch.maximum(h, w)
+    return (h - side) / 2, (w - side) / 2, side, side
 
 
 def _axis_cells(length: torch.Tensor, view_start: torch.Tensor, view_len: torch.Tensor, scale: torch.Tensor,
@@ -205,24 +239,23 @@ def to_mask_prompt(cells: torch.Tensor, orig_hw: Sequence[tuple[int, int]], clip
                    size: int = 256, on: float = 1.0, off: float = 0.0) -> torch.Tensor:
     """Place each selected cell on the part of SAM's frame that shows the same image region.
 
-    The g x g grid spans the CLIP view of the original image: ``center_crop`` = the central min(H, W) square
-    (CLIP's processor), ``pad`` = the max(H, W) square with the image centred (LLaVA-1.5 padding). SAM's frame is
+    The g x g grid spans the LVLM's view of the original image (:func:`view_box`): ``center_crop`` = the central
+    min(H, W) square (CLIP's processor), ``pad`` = the max(H, W) square with the image centred (LLaVA-1.5
+    padding), ``resize`` = the whole image (Qwen2.5-VL; a cell is 1/g of its height by 1/g of its width). SAM's frame is
     the image resized so its longest side fills ``size`` (SAM's low-res mask input: 256 for ViT-H and LiteMedSAM),
     padded bottom/right. Pixels outside the image or the view stay ``off``.
 
     cells: bool [B, g, g]; orig_hw: B pairs (H, W) -> float [B, 1, size, size]
     """
-    if clip_view not in CLIP_VIEWS:
-        raise ValueError(f"clip_view={clip_view!r}: use one of {', '.join(CLIP_VIEWS)}")
     b, g, _ = cells.shape
     if len(orig_hw) != b:
         raise ValueError(f"to_mask_prompt: {b} cell maps but {len(orig_hw)} image sizes")
     hw = torch.tensor(orig_hw, dtype=torch.float64, device=cells.device)
+    top, left, vh, vw = view_box(hw, clip_view)
     h, w = hw[:, 0], hw[:, 1]
-    side = torch.minimum(h, w) if clip_view == "center_crop" else torch.maximum(h, w)
     scale = size / torch.maximum(h, w)
-    rows, rvalid = _axis_cells(h, (h - side) / 2, side, scale, size, g)
-    cols, cvalid = _axis_cells(w, (w - side) / 2, side, scale, size, g)
+    rows, rvalid = _axis_cells(h, top, vh, scale, size, g)
+    cols, cvalid = _axis_cells(w, left, vw, scale, size, g)
     picked = cells[torch.arange(b, device=cells.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
     inside = picked & rvalid[:, :, None] & cvalid[:, None, :]
     out = torch.full((b, 1, size, size), off, dtype=torch.float32, device=cells.device)

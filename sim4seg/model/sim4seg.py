@@ -1,8 +1,10 @@
-"""The Sim4Seg module (paper Fig. 2): LLaVA answers, phi projects the [SEG] state, RVLS2M turns the
+"""The Sim4Seg module (paper Fig. 2): the LVLM answers, phi projects the [SEG] state, RVLS2M turns the
 similarity of image tokens and [SEG] into a region mask, and SAM decodes the mask (Eqs. 1-9).
 
-Image tokens are expanded inside ``input_ids`` (transformers' LLaVA), so hidden-state positions equal token
-positions: the image states are simply ``hidden[input_ids == image_token_id]``; no offset arithmetic.
+The LVLM is any family of :mod:`sim4seg.model.families` (LLaVA, Qwen2.5-VL). Image tokens are expanded inside
+``input_ids`` (both families' processors do it), so hidden-state positions equal token positions: the image states
+are simply ``hidden[input_ids == image_token_id]``; no offset arithmetic. Their count and grid may differ per image
+(Qwen2.5-VL's dynamic resolution): image states are a list, and RVLS2M gets each image's ``token_grid``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 from torch.func import functional_call
-from transformers import LlavaForConditionalGeneration
+from transformers import PreTrainedModel
 
 from sim4seg.model import frames, rvls2m
 from sim4seg.model.losses import LossWeights, mask_losses, region_loss, total_loss
+from sim4seg.model.processor import repeat_rows
 from sim4seg.model.rvls2m import RVLS2MConfig
 
 SEG_STATES = ("predicting", "token")
@@ -54,7 +57,7 @@ class ForwardOutput:
 
 
 class Sim4Seg(nn.Module):
-    def __init__(self, lvlm: LlavaForConditionalGeneration, sam: Sam, seg_token_id: int, image_token_id: int,
+    def __init__(self, lvlm: PreTrainedModel, sam: Sam, seg_token_id: int, image_token_id: int,
                  rvls2m_cfg: RVLS2MConfig, seg_state: str = "predicting", clip_view: str = "center_crop",
                  loss_weights: LossWeights | None = None):
         super().__init__()
@@ -129,32 +132,37 @@ class Sim4Seg(nn.Module):
         return self.rvls2m.enabled and not (self.rvls2m.at_inference_only and self.training)
 
     @torch.no_grad()
-    def region_cells(self, image_states: torch.Tensor, seg_states: torch.Tensor) -> rvls2m.Region:
-        """Algorithm 1 for s [SEG] tokens. image_states: [s, n, H]; seg_states: [s, H] -> cells, scores [s, g, g]
-        and similarities [s, n]. phi runs in fp32 here whatever the model dtype: in bf16 its rounding differs
-        between a cached generation step and a teacher-forced pass enough to swap cells."""
+    def region_cells(self, image_states: torch.Tensor, seg_states: torch.Tensor,
+                     token_grid: tuple[int, int] | None = None) -> rvls2m.Region:
+        """Algorithm 1 for s [SEG] tokens of one image. image_states: [n, H]; seg_states: [s, H]; token_grid: the
+        (rows, cols) of its n tokens (None: a square CLIP grid, Eq. 6) -> cells, scores [s, g, g] and similarities
+        [s, n]. phi runs in fp32 here whatever the model dtype: in bf16 its rounding differs between a cached
+        generation step and a teacher-forced pass enough to swap cells."""
         image_states, seg_states = image_states.float(), seg_states.float()
         if self.rvls2m.project:
             fp32 = {n: p.float() for n, p in self.text_hidden_fcs.named_parameters()}
             image_states = functional_call(self.text_hidden_fcs, fp32, image_states)
             seg_states = functional_call(self.text_hidden_fcs, fp32, seg_states)
-        return rvls2m.region_mask(image_states, seg_states, self.rvls2m)
+        states = image_states[None].expand(seg_states.shape[0], -1, -1)
+        return rvls2m.region_mask(states, seg_states, self.rvls2m, token_grid)
 
-    def segment(self, image_embeddings: torch.Tensor, image_states: torch.Tensor, seg_states: torch.Tensor,
-                seg_batch: torch.Tensor, resize_hw: Sequence, orig_hw: Sequence) -> list[Decoded]:
-        """Masks for every [SEG]. image_embeddings: [B, P, E, E]; image_states: [B, n, H];
-        seg_states: [S, H] with seg_batch [S] the image index of each -> one Decoded per image."""
+    def segment(self, image_embeddings: torch.Tensor, image_states: list[torch.Tensor], seg_states: torch.Tensor,
+                seg_batch: torch.Tensor, resize_hw: Sequence, orig_hw: Sequence,
+                token_grids: Sequence | None = None) -> list[Decoded]:
+        """Masks for every [SEG]. image_embeddings: [B, P, E, E]; image_states: B tensors [n_b, H];
+        seg_states: [S, H] with seg_batch [S] the image index of each; token_grids: B grids (or None) -> one
+        Decoded per image."""
         seg_embeds = self.text_hidden_fcs(seg_states)
-        region = sim_std = None
-        if self.use_rvls2m() and seg_states.shape[0]:
-            region = self.region_cells(image_states[seg_batch], seg_states)
-            sim_std = region.similarity.std(dim=-1, correction=0).float()  # [S]
+        rv = self.use_rvls2m() and seg_states.shape[0] > 0
         out = []
         for b in range(image_embeddings.shape[0]):  # SAM's decoder takes one image with its prompts per call
             sel = (seg_batch == b).nonzero(as_tuple=True)[0]
-            c = None if region is None else region.cells[sel]
+            c, extra = None, {}
+            if rv:
+                region = self.region_cells(image_states[b], seg_states[sel], token_grids[b] if token_grids else None)
+                c = region.cells
+                extra = {"scores": region.scores, "sim_std": region.similarity.std(dim=-1, correction=0).float()}
             logits, iou = self.decode(image_embeddings[b], seg_embeds[sel], c, resize_hw[b], orig_hw[b])
-            extra = {} if region is None else {"scores": region.scores[sel], "sim_std": sim_std[sel]}
             out.append(Decoded(logits, iou, seg_embeds[sel], c, **extra))
         return out
 
@@ -176,11 +184,19 @@ class Sim4Seg(nn.Module):
         return out
 
     # ---- LVLM side ---------------------------------------------------------------------------------------
-    def image_states(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """States of the image tokens. hidden: [B, L, H] -> [B, n, H]"""
+    def image_states(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        """States of the image tokens, per sample. hidden: [B, L, H] -> B tensors [n_b, H]"""
         is_img = input_ids == self.image_token_id
-        n = int(is_img[0].sum())
-        return hidden[is_img].view(hidden.shape[0], n, hidden.shape[-1])
+        return list(hidden[is_img].split(is_img.sum(1).tolist()))
+
+    def vision_inputs(self, batch: dict, input_ids: torch.Tensor) -> dict:
+        """The LVLM's image inputs: ``pixel_values``; for Qwen2.5-VL also ``image_grid_thw`` and the
+        ``mm_token_type_ids`` (1 at image tokens of ``input_ids``) its mrope positions are computed from."""
+        out = {"pixel_values": batch["pixel_values"]}
+        if "image_grid_thw" in batch:
+            out["image_grid_thw"] = batch["image_grid_thw"]
+            out["mm_token_type_ids"] = (input_ids == self.image_token_id).int()
+        return out
 
     def seg_positions(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sample index, position of the state that stands for each [SEG]) per ``seg_state``."""
@@ -190,12 +206,13 @@ class Sim4Seg(nn.Module):
     def forward(self, batch: dict) -> ForwardOutput:
         """Teacher-forced pass: LVLM loss, masks for every [SEG] of the input, and the mask losses.
 
-        batch: pixel_values [B, 3, h, w], input_ids / attention_mask / labels [B, L], and either sam_images
-        [B, 3, S, S] or sam_embeddings [B, P, E, E]; resize_hw, orig_hw: B pairs; masks: B tensors [s_b, H, W].
+        batch: pixel_values [B, 3, h, w] (Qwen2.5-VL: its patches [N, D] and image_grid_thw [B, 3]), input_ids /
+        attention_mask / labels [B, L], and either sam_images [B, 3, S, S] or sam_embeddings [B, P, E, E];
+        resize_hw, orig_hw: B pairs; token_grid: B grids or None; masks: B tensors [s_b, H, W].
         """
         ids = batch["input_ids"]
-        out = self.lvlm(input_ids=ids, pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
-                        labels=batch.get("labels"), output_hidden_states=True)
+        out = self.lvlm(input_ids=ids, attention_mask=batch["attention_mask"], labels=batch.get("labels"),
+                        output_hidden_states=True, **self.vision_inputs(batch, ids))
         hidden = out.hidden_states[-1]
         seg_b, seg_pos = self.seg_positions(ids)
         emb = batch.get("sam_embeddings")
@@ -203,7 +220,7 @@ class Sim4Seg(nn.Module):
             emb = self.encode_images(batch["sam_images"])
         img_states, seg_states = self.image_states(hidden, ids), hidden[seg_b, seg_pos]
         decoded = self.segment(emb, img_states, seg_states, seg_b,
-                               batch["resize_hw"], batch["orig_hw"])
+                               batch["resize_hw"], batch["orig_hw"], batch.get("token_grid"))
         gt = batch.get("masks")
         txt = out.loss if out.loss is not None else hidden.new_zeros(())
         if gt is None:
@@ -235,11 +252,14 @@ class Sim4Seg(nn.Module):
         ids = batch["input_ids"]
         prompt_len = ids.shape[1]
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        # The image placeholder is not text: a generated one would be taken for an image token by any later pass
+        # over the sequence (seg_state=token, a teacher-forced check), which has no image features for it.
+        suppress = [self.image_token_id, *(generate_kwargs.pop("suppress_tokens", None) or [])]
         out = self.lvlm.generate(input_ids=ids, attention_mask=batch["attention_mask"],
-                                 pixel_values=batch["pixel_values"], max_new_tokens=max_new_tokens,
+                                 **self.vision_inputs(batch, ids), max_new_tokens=max_new_tokens,
                                  do_sample=do_sample, num_return_sequences=m, output_hidden_states=True,
                                  output_logits=True, return_dict_in_generate=True, eos_token_id=eos_token_id,
-                                 pad_token_id=pad_token_id, **sampling, **generate_kwargs)
+                                 pad_token_id=pad_token_id, suppress_tokens=suppress, **sampling, **generate_kwargs)
         gen = out.sequences[:, prompt_len:]  # [B*m, T]
         prefill = out.hidden_states[0][-1]  # [B*m, L, H]
         if self.seg_state == "predicting":
@@ -247,8 +267,8 @@ class Sim4Seg(nn.Module):
             states = torch.cat([prefill[:, -1:]] + [h[-1] for h in out.hidden_states[1:]], dim=1)
         else:
             mask = torch.cat([batch["attention_mask"].repeat_interleave(m, 0), (gen != pad_token_id).long()], 1)
-            full = self.lvlm(input_ids=out.sequences, attention_mask=mask,
-                             pixel_values=batch["pixel_values"].repeat_interleave(m, 0), output_hidden_states=True)
+            full = self.lvlm(input_ids=out.sequences, attention_mask=mask, output_hidden_states=True,
+                             **self.vision_inputs(repeat_rows(_vision_only(batch), m), out.sequences))
             states = full.hidden_states[-1][:, prompt_len:]
         ended = _ended(gen, eos_token_id)
         seg_r, seg_t = ((gen == self.seg_token_id) & ~ended.shifted).nonzero(as_tuple=True)
@@ -256,8 +276,10 @@ class Sim4Seg(nn.Module):
         if emb is None:
             emb = self.encode_images(batch["sam_images"])
         rep = lambda xs: [x for x in xs for _ in range(m)]  # noqa: E731  (row order of HF's expansion)
+        grids = batch.get("token_grid")
         decoded = self.segment(emb.repeat_interleave(m, 0), self.image_states(prefill, ids.repeat_interleave(m, 0)),
-                               states[seg_r, seg_t], seg_r, rep(batch["resize_hw"]), rep(batch["orig_hw"]))
+                               states[seg_r, seg_t], seg_r, rep(batch["resize_hw"]), rep(batch["orig_hw"]),
+                               rep(grids) if grids else None)
         logp = torch.stack([lg.float().log_softmax(-1) for lg in out.logits], 1).gather(2, gen[..., None])[..., 0]
         valid = ~ended.shifted
         mean_logp = (logp * valid).sum(1) / valid.sum(1).clamp_min(1)
@@ -282,6 +304,10 @@ class Generation:
 class _Ended:
     shifted: torch.Tensor  # [R, T] True strictly after the first EOS (padding)
     any_eos: torch.Tensor  # [R]
+
+
+def _vision_only(batch: dict) -> dict:
+    return {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}
 
 
 def _ended(gen: torch.Tensor, eos: int | None) -> _Ended:
