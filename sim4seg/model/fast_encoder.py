@@ -11,8 +11,8 @@ What the fast path does (each step measured against the unmodified encoder in th
 - batch norm folded into the preceding convolution (running statistics are constants of a frozen encoder), at
   :func:`optimize_encoder` time and again after every ``load_state_dict``;
 - channels_last throughout TinyViT's convolutions, so its (B, H*W, C) tokens are NHWC images without transposes;
-- oneDNN fused convolution + GELU and linear + GELU / + residual (``torch.ops.mkldnn``: the kernels torch.compile's
-  CPU backend emits, without its compilation time) for float32 on the CPU; standard ops elsewhere;
+- oneDNN fused convolution + GELU and linear (+ GELU) (``torch.ops.mkldnn``: the kernels torch.compile's CPU
+  backend emits, without its compilation time) for float32 on the CPU; standard ops elsewhere;
 - ``F.scaled_dot_product_attention`` with the attention bias (TinyViT) or decomposed relative positions (ViT) as
   the mask, instead of materialised scores, a separate softmax and copies.
 """
@@ -51,13 +51,6 @@ def _linear(x: torch.Tensor, lin: nn.Linear, gelu: bool = False) -> torch.Tensor
         return _MKLDNN._linear_pointwise(x, lin.weight, lin.bias, "gelu" if gelu else "none", [], "none")
     y = lin(x)
     return F.gelu(y) if gelu else y
-
-
-def _linear_add(x: torch.Tensor, lin: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
-    """``residual + lin(x)``, the addition fused into the matmul on oneDNN."""
-    if _onednn(x):
-        return _MKLDNN._linear_pointwise.binary(x, residual, lin.weight, lin.bias, "add")
-    return residual + lin(x)
 
 
 def _neck(neck: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +148,7 @@ def _tiny_block(b: TinyViTBlock, x: torch.Tensor) -> torch.Tensor:
     x = x + y
     x = _conv_bn(b.local_conv, x.view(n, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(n, length, c)
     m = b.mlp
-    return _linear_add(_linear(m.norm(x), m.fc1, gelu=True), m.fc2, x)
+    return x + _linear(_linear(m.norm(x), m.fc1, gelu=True), m.fc2)
 
 
 # ---- segment_anything's ViT ------------------------------------------------------------------------------------
@@ -191,7 +184,7 @@ def _vit_block(b: Block, x: torch.Tensor) -> torch.Tensor:
     if b.window_size > 0:
         x = window_unpartition(x, b.window_size, pad_hw, (h, w))
     x = shortcut + x
-    return _linear_add(_linear(b.norm2(x), b.mlp.lin1, gelu=True), b.mlp.lin2, x)
+    return x + _linear(_linear(b.norm2(x), b.mlp.lin1, gelu=True), b.mlp.lin2)
 
 
 def _vit_attention(a: Attention, x: torch.Tensor) -> torch.Tensor:
