@@ -98,7 +98,8 @@ def test_smoke_evaluation_without_a_mask_fails(tmp_path):
 def test_fig6_smoke(out):
     run_script("fig6", out)
     head, rows = parse_table((out / "fig6.md").read_text())
-    assert head == ["Setting", "mean(gIoU, cIoU)", "paper", "Truncated"]
+    assert head == ["Setting", "mean(gIoU, cIoU)", "paper", "Truncated", "region precision", "region recall", "pointing"]
+    assert all(r[6] == "-" or 0 <= number(r[6]) <= 100 for r in rows)  # does RVLS2M point at the lesion?
     assert [r[0] for r in rows] == ["top-k = 12", "top-k = 24", "top-k = 36", "top-k = 48",
                                     "grid = 8", "grid = 16", "grid = 32", "grid = 64"]
     assert number(rows[2][2]) == PAPER["fig6_tau"]["topk_at_g16"]["36"]

@@ -15,10 +15,11 @@ from sim4seg.reproduce.runs import PAPER, Mode, eval_run, fmt, table, train_run,
 def fig6(mode: Mode) -> Path:
     ks = {12: "sim4seg_k12", 24: "sim4seg_k24", 36: "sim4seg_ft_cot", 48: "sim4seg_k48"}
     gs = {8: "sim4seg_g8", 16: "sim4seg_ft_cot", 32: "sim4seg_g32", 64: "sim4seg_g64"}
-    score, truncated = {}, {}
+    score, truncated, region = {}, {}, {}
     for exp in {**{v: 0 for v in ks.values()}, **{v: 0 for v in gs.values()}}:
         o = eval_run(mode, exp, train_run(mode, exp))["overall"]
         score[exp], truncated[exp] = (o["gIoU"] + o["cIoU"]) / 2, o.get("truncated")
+        region[exp] = [o.get(k) for k in ("region_precision", "region_recall", "pointing")]  # ours: on the lesion?
     paper = PAPER["fig6_tau"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     rows = []
@@ -31,14 +32,16 @@ def fig6(mode: Mode) -> Path:
         ax.set_ylabel("mean(gIoU, cIoU) %")
         ax.set_xticks(xs)
         ax.legend()
-        rows += [[label.split(" ")[0] + f" = {x}", score[pts[x]], pub[str(x)], truncated[pts[x]]] for x in xs]
+        rows += [[label.split(" ")[0] + f" = {x}", score[pts[x]], pub[str(x)], truncated[pts[x]], *region[pts[x]]]
+                 for x in xs]
     fig.tight_layout()
     fig.savefig(mode.out / "fig6.png", dpi=100)
     plt.close(fig)
-    body = table(["Setting", "mean(gIoU, cIoU)", "paper", "Truncated"], rows) + "\n\n![fig6](fig6.png)"
+    body = table(["Setting", "mean(gIoU, cIoU)", "paper", "Truncated", "region precision", "region recall",
+                  "pointing"], rows) + "\n\n![fig6](fig6.png)"
     return write_result(mode, "fig6", "Figure 6: tau strategy (top-k cells, grid size)", body,
-                  {"score": score, "points": {"k": {str(k): v for k, v in ks.items()},
-                                              "g": {str(g): v for g, v in gs.items()}}})
+                  {"score": score, "region": region, "points": {"k": {str(k): v for k, v in ks.items()},
+                                                                "g": {str(g): v for g, v in gs.items()}}})
 
 
 def fig7(mode: Mode) -> Path:
