@@ -4,7 +4,7 @@ and evaluation; safe loading."""
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import io
 import json
 import os
@@ -257,7 +257,7 @@ def test_training_with_raise_stops_before_the_first_step(all_bad, tmp_path):
 
 
 def test_raise_pre_check_runs_no_image_transform(tiny, clean, tmp_path, monkeypatch):
-    """data.on_error=raise checks files, sizes, mask values and token lengths without the CLIP/SAM transforms
+    """data.on_error=raise checks files, sizes, mask values and token lengths without the vision/SAM transforms
     (before, it built every sample through them)."""
     from sim4seg.data.dataset import M3DSDataset
     from sim4seg.model.processor import Processor
@@ -265,7 +265,7 @@ def test_raise_pre_check_runs_no_image_transform(tiny, clean, tmp_path, monkeypa
     def no_transform(self, image):
         raise AssertionError("the pre-check ran an image transform")
 
-    monkeypatch.setattr(Processor, "clip", no_transform)
+    monkeypatch.setattr(Processor, "vision", no_transform)
     monkeypatch.setattr(Processor, "sam", no_transform)
     _, proc = tiny
     assert len(M3DSDataset(clean, "train", proc, "diagnosis", "raise", MAX_PIXELS))
@@ -273,8 +273,10 @@ def test_raise_pre_check_runs_no_image_transform(tiny, clean, tmp_path, monkeypa
     with pytest.raises(UserError) as e:
         M3DSDataset(root, "train", proc, "diagnosis", "raise", MAX_PIXELS)
     assert any(rid in str(e.value) or text in str(e.value) for rid, text in expect.items()), str(e.value)
+    short = copy.copy(proc)
+    short.max_length = 8
     with pytest.raises(UserError, match="exceed the context"):
-        M3DSDataset(clean, "train", dataclasses.replace(proc, max_length=8), "diagnosis", "raise", MAX_PIXELS)
+        M3DSDataset(clean, "train", short, "diagnosis", "raise", MAX_PIXELS)
 
 
 def test_records_without_cot_stop_before_the_first_step(clean, tmp_path):
