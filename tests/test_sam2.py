@@ -228,3 +228,30 @@ def test_train_eval_predict_through_the_entry_points(tmp_path):
     r = call("sim4seg.cli", "predict", "--ckpt", str(run), "--image", str(image), "--query", QUERY,
              "--out", str(tmp_path / "pred"), "--max-new-tokens", "8")
     assert (tmp_path / "pred").is_dir() and r.stdout.strip()
+
+
+@pytest.mark.slow
+def test_export_of_a_lora_trained_encoder_reloads_with_identical_outputs(tmp_path, capsys):
+    """model=tiny_sam2 with the image encoder's LoRA trained (3 steps: the warm-up schedule's first two have
+    learning rate 0) while the SAM embedding cache was asked for (it is turned off with a log line), then exported:
+    the export's outputs equal the run's (up to the LVLM's LoRA merge), the encoder's trained adapters included."""
+    from sim4seg.data.synthetic import write_synthetic
+    from sim4seg.model.checkpoint import load_run
+    from sim4seg.model.export import export
+    from sim4seg.training import train
+
+    data = write_synthetic(tmp_path / "data", n=8, seed=0, progress=False)
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    train(compose("train", ["model=tiny_sam2", "model.sam.train_encoder=true", f"data.root={data}",
+                            f"train.output_dir={run}", "train.max_steps=3", "train.micro_batch=2", "train.grad_accum=1",
+                            "train.warmup_steps=1", "train.eval_every=0", "train.save_every=0", "train.progress=false",
+                            "wandb.mode=disabled", "train.cache_sam_embeddings=true", f"train.cache_dir={cache}"]))
+    assert "SAM embedding cache off: the image encoder trains" in capsys.readouterr().out and not cache.exists()
+    export(run, tmp_path / "export")
+    (trained, proc, _), (exported, _, _) = load_run(run), load_run(tmp_path / "export")
+    lora_b = [p for n, p in exported.named_parameters() if n.startswith("sam.image_encoder") and "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # training moved the adapters; the export kept them
+    batch = proc.collate(make_samples(proc, 2, "It is [SEG]."))
+    with torch.no_grad():
+        for a, b in zip(trained.eval()(batch).masks, exported.eval()(batch).masks):
+            torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)  # the LVLM's LoRA is merged
