@@ -26,8 +26,8 @@ def _loader_stages(ds, proc, n: int) -> dict[str, float]:
             image = load_image(ds.root / rec.image, ds.max_pixels)
         with tm.span("decode + check mask"):
             mask = load_mask(ds.root / rec.mask, image.shape[:2], ds.max_pixels)
-        with tm.span("CLIP transform"):
-            proc.clip(image)
+        with tm.span("LVLM view (CLIP transform)"):
+            proc.vision(image)
         with tm.span("SAM transform"):
             proc.sam(image)
         with tm.span("tokens + mask tensor (Processor.sample rest)"):
