@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sim4seg.errors import UserError
+from sim4seg.model.quantize import load_kwargs
 from sim4seg.model.tokens import SEG_TOKEN
 
 LANGUAGE_MODEL = "model.language_model"  # both families: where LoRA goes (never the vision tower)
@@ -110,12 +111,13 @@ class LVLMFamily(ABC):
         """The model, random-init or loaded from ``model.lvlm.path``, its embeddings grown to the tokenizer."""
         dtype = DTYPES[cfg.dtype]
         image_id = tok.convert_tokens_to_ids(self.image_token)
+        quantized = load_kwargs(cfg)  # model.quantization (QLoRA / int8), refused in one line where impossible
         if cfg.lvlm.kind == "random":
             torch.manual_seed(cfg.init_seed)
             model = self.random_lvlm(cfg, tok).to(dtype)
         else:
             model = self.model_class().from_pretrained(cfg.lvlm.path, dtype=dtype, local_files_only=True,
-                                                       trust_remote_code=bool(cfg.trust_remote_code))
+                                                       trust_remote_code=bool(cfg.trust_remote_code), **quantized)
             self.set_image_token(model, image_id)
         if model.get_input_embeddings().num_embeddings < len(tok):
             model.resize_token_embeddings(len(tok))
