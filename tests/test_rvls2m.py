@@ -637,5 +637,5 @@ def test_train_entry_point_refuses_k_beyond_g2_in_one_line(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: rvls2m.k=300 must be an integer between 1 and 256"), last
+    assert last.startswith("error:") and "rvls2m.k=300 must be an integer between 1 and 256" in last, last
     assert not (tmp_path / "run" / "checkpoints").exists()
