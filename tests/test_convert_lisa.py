@@ -119,9 +119,10 @@ def converted(release):
 
 
 def test_converted_model_answers_and_segments_as_lisa(release, converted):
-    from sim4seg.model.checkpoint import load_run
+    from sim4seg.model.checkpoint import load_run, require_finished
 
     out = converted
+    require_finished(out)  # a converted release is complete: eval and predict (zero-shot rows) take it
     model, proc, cfg = load_run(out)
     model.eval()
     m = cfg.model

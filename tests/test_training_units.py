@@ -30,6 +30,11 @@ def test_require_finished_accepts_only_a_complete_record(tmp_path):
     write_finished(tmp_path, 0, 0)
     with pytest.raises(UserError, match="step 0 of 0"):
         require_finished(tmp_path)
+    write_finished(tmp_path, 0, 0, source="somewhere")
+    with pytest.raises(UserError, match="step 0 of 0"):
+        require_finished(tmp_path)  # only a converted release is complete without steps
+    write_finished(tmp_path, 0, 0, source="convert-lisa")
+    require_finished(tmp_path)
     write_finished(tmp_path, 5, 5)
     require_finished(tmp_path)
     assert json.loads((tmp_path / "finished.json").read_text()) == {"steps_done": 5, "steps_planned": 5}

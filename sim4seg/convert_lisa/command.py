@@ -11,6 +11,7 @@ that ``load_run`` (eval, predict) takes like a run directory:
     DIR/config.yaml            configs/train.yaml with model=lisa_7b, filled in for this checkpoint
     DIR/trainable.safetensors  what the config trains (phi, mask decoder, lm_head, embed_tokens)
     DIR/README.md              model card
+    DIR/finished.json          written last: a complete released model (0 training steps here)
 
 Exactness: LISA's single-Linear projector is transformers' two-layer projector with ``projector_hidden_act=linear``
 (identity), ``linear_1`` = LISA's projector and ``linear_2`` = identity with zero bias; ``<image>`` is added to the
@@ -47,7 +48,7 @@ from sim4seg.convert_lisa.release import (
 from sim4seg.convert_lisa.weights import ReleaseWeights, ShardWriter, checked, disk_names, grow_rows, read_json
 from sim4seg.errors import UserError
 from sim4seg.model.builder import DTYPES, build_model
-from sim4seg.model.checkpoint import TRAINABLE, load_trainable, save_trainable
+from sim4seg.model.checkpoint import RELEASED, TRAINABLE, load_trainable, save_trainable, write_finished
 from sim4seg.model.prompt_formats import LISA_SYSTEM
 from sim4seg.model.tokens import IMAGE_TOKEN, SEG_TOKEN
 
@@ -188,6 +189,7 @@ def _convert(src: Path, clip: Path, out: Path, name: str | None, sam: str | Mapp
     del model
     _model_card(out, cfg, tok, image_id, rows - embed_shape[0], n_image=proc.n_image_tokens,
                 crop=improc.crop_size, sam_kind=cfg.model.sam.kind)
+    write_finished(out, 0, 0, source=RELEASED)  # last: the folder is complete (eval and predict check it)
     return out
 
 

@@ -25,17 +25,22 @@ from sim4seg.model.sim4seg import Sim4Seg
 
 TRAINABLE = "trainable.safetensors"
 FINISHED = "finished.json"
+RELEASED = "convert-lisa"  # finished.json's source for a converted release: complete weights, no steps here
 
 
-def write_finished(run_dir: str | Path, steps_done: int, steps_planned: int) -> None:
-    """Record that training took ``steps_done`` of ``steps_planned`` optimizer steps; the run's last write."""
-    atomic_write_json(Path(run_dir) / FINISHED, {"steps_done": int(steps_done), "steps_planned": int(steps_planned)},
-                      indent=None)
+def write_finished(run_dir: str | Path, steps_done: int, steps_planned: int, source: str | None = None) -> None:
+    """Record that training took ``steps_done`` of ``steps_planned`` optimizer steps; the run's last write.
+    ``source`` names where complete weights came from without training here (``convert-lisa``: 0 of 0 steps)."""
+    record = {"steps_done": int(steps_done), "steps_planned": int(steps_planned)}
+    if source is not None:
+        record["source"] = source
+    atomic_write_json(Path(run_dir) / FINISHED, record, indent=None)
 
 
 def require_finished(run_dir: str | Path) -> None:
     """Raise a one-line :class:`UserError` unless ``run_dir`` holds a finished training run (``finished.json``
-    with steps_done == steps_planned > 0). Evaluation, reproduction and prediction call this before loading."""
+    with steps_done == steps_planned > 0, or a released model written by ``sim4seg convert-lisa``). Evaluation,
+    reproduction and prediction call this before loading."""
     path = Path(run_dir) / FINISHED
     resume = f"finish it with `python -m sim4seg.train ... train.output_dir={run_dir} train.resume=true`"
     if not path.exists():
@@ -47,6 +52,8 @@ def require_finished(run_dir: str | Path) -> None:
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{path}: unreadable (expected {{\"steps_done\": N, \"steps_planned\": N}}); "
                         f"{resume}") from None
+    if record.get("source") == RELEASED and done == planned == 0:
+        return
     if planned <= 0 or done != planned:
         raise UserError(f"{run_dir}: training stopped at step {done} of {planned}; {resume}")
 
