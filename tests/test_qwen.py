@@ -20,6 +20,7 @@ from conftest import make_samples, synthetic, tiny_config
 
 from sim4seg.errors import UserError
 from sim4seg.model import frames
+from sim4seg.model.families.base import HEAD_NAMES
 from sim4seg.model.prompt_formats import IGNORE
 from sim4seg.model.rvls2m import RVLS2MConfig, region_mask, region_scores, to_mask_prompt, token_map
 
@@ -222,7 +223,7 @@ def test_lora_on_the_language_model_only_and_lisas_trainable_set(qwen):
     lora = [n for n in named if "lora_" in n]
     assert lora and all(".language_model." in n and ("q_proj" in n or "v_proj" in n) for n in lora)
     assert not any("visual" in n for n in trainable)  # the vision tower (and its merger) stays frozen
-    for key in ("lm_head", "language_model.embed_tokens", "text_hidden_fcs", "sam.mask_decoder"):
+    for key in (*HEAD_NAMES, "text_hidden_fcs", "sam.mask_decoder"):  # model.trainable's names reach Qwen's parts
         assert any(key in n for n in trainable), key
     assert trainable == {n for n in named if "lora_" in n or any(
         k in n for k in ("lm_head", "embed_tokens", "text_hidden_fcs", "mask_decoder"))}
