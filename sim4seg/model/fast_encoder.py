@@ -69,8 +69,6 @@ def _frozen(module: nn.Module, x: torch.Tensor) -> bool:
     return not module.training and x.device.type == "cpu" and not any(p.requires_grad for p in module.parameters())
 
 
-# ---- LiteMedSAM's TinyViT ---------------------------------------------------------------------------------------
-
 
 class FastTinyViT(TinyViT):
     """TinyViT with the fast path; made by :func:`optimize_encoder` from a built TinyViT (no own ``__init__``)."""
@@ -151,8 +149,6 @@ def _tiny_block(b: TinyViTBlock, x: torch.Tensor) -> torch.Tensor:
     return x + _linear(_linear(m.norm(x), m.fc1, gelu=True), m.fc2)
 
 
-# ---- segment_anything's ViT ------------------------------------------------------------------------------------
-
 
 class FastImageEncoderViT(ImageEncoderViT):
     """ImageEncoderViT with the fast path (no batch norm to fold); made by :func:`optimize_encoder`."""
@@ -201,8 +197,6 @@ def _vit_attention(a: Attention, x: torch.Tensor) -> torch.Tensor:
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=a.scale)
     return _linear(o.transpose(1, 2).reshape(n, h, w, -1), a.proj)
 
-
-# ---- entry point -----------------------------------------------------------------------------------------------
 
 _FAST = {TinyViT: FastTinyViT, ImageEncoderViT: FastImageEncoderViT}
 
