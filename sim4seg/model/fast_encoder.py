@@ -69,7 +69,6 @@ def _frozen(module: nn.Module, x: torch.Tensor) -> bool:
     return not module.training and x.device.type == "cpu" and not any(p.requires_grad for p in module.parameters())
 
 
-
 class FastTinyViT(TinyViT):
     """TinyViT with the fast path; made by :func:`optimize_encoder` from a built TinyViT (no own ``__init__``)."""
 
@@ -147,7 +146,6 @@ def _tiny_block(b: TinyViTBlock, x: torch.Tensor) -> torch.Tensor:
     x = _conv_bn(b.local_conv, x.view(n, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(n, length, c)
     m = b.mlp
     return x + _linear(_linear(m.norm(x), m.fc1, gelu=True), m.fc2)
-
 
 
 class FastImageEncoderViT(ImageEncoderViT):
