@@ -279,6 +279,25 @@ def _no_cache_greedy(model, batch, steps: int) -> torch.Tensor:
     return ids[:, batch["input_ids"].shape[1]:]
 
 
+def test_forward_uses_qwens_3d_positions(qwen):
+    """Sim4Seg's inputs give the LVLM the mrope positions of its image grids (get_rope_index: image tokens at
+    (t, row, col), text after the largest), not the 1D positions it falls back to without mm_token_type_ids."""
+    model, proc = qwen
+    batch = batch_of(proc, 2, left_pad=True)
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    inputs = model.vision_inputs(batch, ids)
+    base = model.lvlm.get_base_model()
+    pos, _ = base.model.get_rope_index(ids, inputs["mm_token_type_ids"], batch["image_grid_thw"], attention_mask=attn)
+    with torch.no_grad():
+        ours = model.lvlm(input_ids=ids, attention_mask=attn, **inputs).logits
+        mrope = model.lvlm(input_ids=ids, attention_mask=attn, position_ids=pos, **inputs).logits
+        plain = model.lvlm(input_ids=ids, attention_mask=attn, pixel_values=batch["pixel_values"],
+                           image_grid_thw=batch["image_grid_thw"]).logits
+    real = attn.bool()
+    torch.testing.assert_close(ours[real], mrope[real])
+    assert not torch.allclose(ours[real], plain[real], atol=1e-4)
+
+
 def test_kv_cached_greedy_matches_no_cache_loop(qwen):
     model, proc = qwen
     tok = proc.tokenizer
