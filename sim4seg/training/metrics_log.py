@@ -71,5 +71,7 @@ class LossWindow:
         rec = {"step": step, "epoch": epoch, "loss": s["total"] / n, "loss_txt": s["txt"] / n,
                "loss_bce": s["bce"] / n, "loss_dice": s["dice"] / n, "lr": lr,
                "samples_per_s": self.samples / max(time.time() - self.tic, 1e-9)}
+        if "region" in s:  # loss.region > 0 (ours)
+            rec["loss_region"] = s["region"] / n
         self.reset()
         return rec
