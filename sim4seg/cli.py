@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from sim4seg.data import commands as data_commands
+from sim4seg import deps
 from sim4seg.errors import UserError
 from sim4seg.inputs import DEPLOYABLE
 
@@ -78,6 +78,8 @@ def add_read_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sim4seg.data import commands as data_commands  # after deps.require: it loads numpy
+
     parser = argparse.ArgumentParser(prog="sim4seg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -144,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    deps.require(deps.CORE, "sim4seg")
     args = build_parser().parse_args(argv)
+    if args.command == "app":
+        deps.require(deps.APP, "sim4seg app")
     try:
         return args.func(args)
     except UserError as e:

@@ -12,23 +12,32 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
-import hydra
-from omegaconf import DictConfig
+from sim4seg import deps
 
-from sim4seg.evaluation import evaluate
-from sim4seg.runtime import strip_launcher_args, user_errors
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
-@hydra.main(version_base=None, config_path="pkg://sim4seg.configs", config_name="eval")
-@user_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
+    from sim4seg.evaluation import evaluate
+
     res = evaluate(cfg)
     if res:
         o = res["overall"]
         print(json.dumps({k: round(v, 2) if isinstance(v, float) and math.isfinite(v) else v for k, v in o.items()}))
 
 
-if __name__ == "__main__":
+def main() -> None:
+    deps.require(deps.CORE, "evaluation")  # before the imports that need them
+    import hydra
+
+    from sim4seg.runtime import strip_launcher_args, user_errors
+
     strip_launcher_args()
+    hydra.main(version_base=None, config_path="pkg://sim4seg.configs", config_name="eval")(user_errors(run))()
+
+
+if __name__ == "__main__":
     main()

@@ -21,6 +21,7 @@ from sim4seg.data.dataset import M3DSDataset
 from sim4seg.data.vocab import subset_to_dict
 from sim4seg.errors import UserError
 from sim4seg.jsonl import atomic_write_json
+from sim4seg.metrics.diagnosis import DIAGNOSIS_RULE_VERSION
 
 # Bump when a row's meaning changes: the scoring rule (evaluation.rows), sim4seg.metrics' diagnosis rule, TTS.
 RULES_VERSION = 3  # 3: negatives, several targets, region diagnostics, the TTS no-mask vote
@@ -70,7 +71,7 @@ def fingerprint(cfg: DictConfig, ds: M3DSDataset, max_new_tokens: int | None) ->
                           "on_error", "max_pixels")}
     rv = cfg.get("rvls2m")
     generate = cfg.mode == "generate"
-    return {"rules_version": RULES_VERSION, "ckpt": checkpoint_hash(cfg.ckpt), "mode": cfg.mode, "split": cfg.split,
+    return {"rules_version": RULES_VERSION, "diagnosis_rule": DIAGNOSIS_RULE_VERSION, "ckpt": checkpoint_hash(cfg.ckpt), "mode": cfg.mode, "split": cfg.split,
             "data": data_hash(ds), "data settings": settings,
             "rvls2m": OmegaConf.to_container(rv, resolve=True) if rv is not None else None,
             "tts": OmegaConf.to_container(cfg.tts, resolve=True) if generate else None,
