@@ -554,3 +554,20 @@ def test_collate_empty_batch(tiny):
     _, proc = tiny
     with pytest.raises(ValueError, match="empty"):
         proc.collate([])
+
+
+def test_tiny_sam_dense_prompt_depends_on_the_mask():
+    """The tiny preset must see RVLS2M's region: two different region masks give different dense prompts."""
+    from omegaconf import OmegaConf
+
+    from sim4seg.model.sam import build_sam
+
+    sam = build_sam(OmegaConf.create({"kind": "tiny", "checkpoint": None, "img_size": 128, "embed_dim": 32,
+                                      "vit_dim": 32, "depth": 2})).eval()
+    size = sam.prompt_encoder.mask_input_size
+    empty, half = torch.zeros(1, 1, *size), torch.zeros(1, 1, *size)
+    half[..., : size[0] // 2, :] = 1.0
+    with torch.no_grad():
+        _, d_empty = sam.prompt_encoder(points=None, boxes=None, masks=empty)
+        _, d_half = sam.prompt_encoder(points=None, boxes=None, masks=half)
+    assert not torch.allclose(d_empty, d_half)

@@ -31,7 +31,9 @@ def _tiny(cfg) -> Sam:
     encoder = ImageEncoderViT(img_size=img, patch_size=16, embed_dim=cfg.vit_dim, depth=cfg.depth, num_heads=2,
                               mlp_ratio=2.0, out_chans=dim, qkv_bias=True, window_size=4, global_attn_indexes=(1,),
                               norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
-    return Sam(encoder, PromptEncoder(dim, (emb, emb), (img, img), mask_in_chans=4),
+    # mask_in_chans=16: the mask downscaler's first conv then has 4 channels; with 1, its LayerNorm2d would erase
+    # the mask prompt (every region mask would give the same dense embedding).
+    return Sam(encoder, PromptEncoder(dim, (emb, emb), (img, img), mask_in_chans=16),
                MaskDecoder(transformer_dim=dim, transformer=TwoWayTransformer(depth=2, embedding_dim=dim, num_heads=2, mlp_dim=2 * dim),
                            num_multimask_outputs=3, iou_head_hidden_dim=dim),
                pixel_mean=SAM_MEAN, pixel_std=SAM_STD)
