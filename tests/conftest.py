@@ -22,6 +22,15 @@ if os.environ.get("CI"):
 
 REPO = Path(__file__).resolve().parents[1]
 
+# In-process training sets torch.distributed's rendezvous variables in this process; a child inheriting
+# MASTER_PORT would try to listen on the port this process already holds (EADDRINUSE).
+DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess: this one without the rendezvous variables, plus ``extra``."""
+    return {k: v for k, v in os.environ.items() if k not in DIST_VARS} | extra
+
 # (subset, label, seed) of small synthetic images with large, learnable lesions.
 SPECS = (("SynthDerm", "benign", 0), ("SynthDerm", "malignant", 1), ("SynthUS", "benign", 2),
          ("SynthUS", "malignant", 3))

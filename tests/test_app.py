@@ -4,7 +4,6 @@ uploads an image, asks, waits for the answer and the images, fails on console er
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import child_env
 from PIL import Image
 from test_predict import BUSI, tiny_run  # tests/ is on sys.path under pytest
 
@@ -42,7 +42,7 @@ def server(tmp_path_factory):
     log = open(base / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "sim4seg.cli", "app", "--ckpt", str(run), "--port", str(port),
                              "--max-new-tokens", "8"], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+                            env=child_env(GRADIO_ANALYTICS_ENABLED="False"))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_package_import_needs_nothing():
     # -S hides site-packages: the package itself imports with the standard library alone
     r = subprocess.run([sys.executable, "-S", "-c", "import sim4seg, sim4seg.deps; print(sim4seg.__version__)"],
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       capture_output=True, text=True, env=child_env(PYTHONPATH=str(ROOT)))
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
 
 
@@ -23,7 +23,7 @@ def test_package_import_needs_nothing():
                                   ["-m", "sim4seg.reproduce", "table2", "--smoke"]])
 def test_entry_point_names_missing_packages(tmp_path, args):
     r = subprocess.run([sys.executable, "-S", *args], cwd=tmp_path, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       env=child_env(PYTHONPATH=str(ROOT)))
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: missing package(s) torch") and len(r.stderr.strip().splitlines()) == 1
 

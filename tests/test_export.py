@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 from sim4seg.errors import UserError
 
 # In-process training in earlier tests sets torch.distributed's rendezvous variables; children must not inherit.
-ENV = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK",
-                                                         "WORLD_SIZE"}}
+ENV = child_env()
 QUERY = "Please segment the lesion."
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_samples, synthetic, tiny_config
+from conftest import child_env, make_samples, synthetic, tiny_config
 
 from sim4seg.errors import UserError
 from sim4seg.model import frames
@@ -454,8 +453,7 @@ def test_settings_the_family_cannot_take_are_refused(override, match):
 # ------------------------------------------------------------------------------------------------------------
 # Entry points: train -> eval (generate) -> predict -> export, and the export gives identical outputs
 # ------------------------------------------------------------------------------------------------------------
-ENV = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK",
-                                                         "WORLD_SIZE"}}
+ENV = child_env()
 
 
 @pytest.fixture(scope="module")

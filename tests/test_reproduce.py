@@ -5,12 +5,12 @@ and finished runs (finished.json) are skipped on a rerun."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,13 +22,8 @@ def out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("repro")
 
 
-# In-process training in earlier tests sets torch.distributed's rendezvous variables in this process; a child
-# inheriting MASTER_PORT would try to listen on the port this process already holds.
-DIST_VARS = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"}
-
-
 def run_script(name: str, out: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env = child_env()
     r = subprocess.run(["bash", f"scripts/{name}.sh", "--smoke", "--out", str(out)], cwd=ROOT, capture_output=True,
                        text=True, timeout=1200, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import decimal
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import child_env
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -629,8 +629,7 @@ def test_composed_train_and_eval_configs_with_k_beyond_g2_fail_before_any_model_
 
 
 def test_train_entry_point_refuses_k_beyond_g2_in_one_line(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK",
-                                                             "WORLD_SIZE"}}
+    env = child_env()
     r = subprocess.run([sys.executable, "-m", "sim4seg.train", "rvls2m.k=300", "rvls2m.grid=16",
                         f"train.output_dir={tmp_path / 'run'}", "wandb.mode=disabled", "train.progress=false"],
                        capture_output=True, text=True, timeout=300, env=env)

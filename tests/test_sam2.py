@@ -5,7 +5,6 @@ through the entry points."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_samples
+from conftest import child_env, make_samples
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -28,8 +27,7 @@ from sim4seg.model.sam2_names import from_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "data" / "sam2_meta_tiny.safetensors"  # written by scripts/sam2_fixture.py (Meta's code)
-ENV = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK",
-                                                         "WORLD_SIZE"}} | {"PYTHONWARNINGS": "ignore"}
+ENV = child_env() | {"PYTHONWARNINGS": "ignore"}
 QUERY = "Please segment the lesion."
 
 

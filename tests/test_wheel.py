@@ -4,13 +4,13 @@ data, and a tiny train + eval run from a temporary directory."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_installed_wheel_trains_and_evaluates(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, cwd=work)
     # The target shadows the editable install of this checkout; no path may lead back to the repository.
-    env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "disabled"}
+    env = child_env(PYTHONPATH=str(target), WANDB_MODE="disabled")
 
     def run(*args: str) -> str:
         res = subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True,
