@@ -15,7 +15,8 @@ HEADLINE_KEYS = {"benchmark", "headline", "value", "targets"}
 EXTRA_KEYS = {
     "generate": {"tokens_per_s_cached", "tokens_per_s_no_cache", "identical_tokens"},
     "tts": {"tts_over_plain", "seconds_16_passes"},
-    "train_step": {"samples_per_s_cache", "samples_per_s_no_cache", "rvls2m_pct_cache"},
+    "train_step": {"samples_per_s_cache", "samples_per_s_no_cache", "rvls2m_pct_cache",
+                   "samples_per_s_cache_qwen2_5_vl", "preset_qwen2_5_vl"},
     "loader": {"ratio_1_worker", "ratio_2_workers", "consumption_samples_per_s"},
     "metrics": {"masks_per_s_ours", "masks_per_s_loop", "identical"},
     "encoder": {"max_abs_diff", "images_per_s_fast", "images_per_s_unmodified", "gflops_fast", "matmul_gflops"},

@@ -58,6 +58,12 @@ GLUE, LOSS = "forward glue (phi on [SEG], indexing)", "mask losses (BCE + Dice)"
 BWD_HEAD, BWD_LM = "backward: losses, SAM decoder, phi, lm_head", "backward: language model (+ projector)"
 OPT, OTHER, TOTAL = "optimizer (clip + AdamW)", "unattributed", "step total"
 COMPONENTS = (DATA, TO_DEV, ENC, CACHE, VISION, LM, RVLS2M, DEC, GLUE, LOSS, BWD_HEAD, BWD_LM, OPT, OTHER)
+VISION_MODULES = {"llava": ("vision_tower", "multi_modal_projector"), "qwen2_5_vl": ("visual",)}  # timed as VISION
+
+
+def families(quick: bool) -> dict[str, list[str]]:
+    """Per LVLM family, the overrides on the run's experiment: Qwen's tiny preset with the same SAM."""
+    return {"llava": [], "qwen2_5_vl": ["model=tiny_qwen2_5_vl", f"model.sam.kind={'tiny' if quick else 'litemedsam'}"]}
 
 
 class TrainHarness:
@@ -116,7 +122,8 @@ class TrainHarness:
         wrap(sim4seg_mod, "mask_losses", LOSS)
         wrap(sim4seg_mod, "total_loss", LOSS)
         base = model.lvlm.get_base_model() if hasattr(model.lvlm, "get_base_model") else model.lvlm
-        for mod in (base.model.vision_tower, base.model.multi_modal_projector):
+        vision = VISION_MODULES[cfg.model.lvlm.get("family", "llava")]
+        for mod in (getattr(base.model, name) for name in vision):
             pre = mod.register_forward_pre_hook(lambda m, a: tm.enter(VISION))
             post = mod.register_forward_hook(lambda m, a, o: tm.exit())
             self._undo += [pre.remove, post.remove]
@@ -181,11 +188,11 @@ def _breakdown(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: median([r[k] for r in runs]) for k in (*COMPONENTS, TOTAL)}
 
 
-def run(rep: Report, quick: bool, repeats: int) -> None:
+def measure(rep: Report, quick: bool, steps: int, extra: Sequence[str]) -> dict:
+    """Cached vs uncached steps of one preset, interleaved over the same batches; the median breakdowns."""
     from sim4seg.data.dataset import M3DSDataset
 
-    steps = max(2, repeats)
-    cfg, model, proc = train_setup(quick)
+    cfg, model, proc = train_setup(quick, extra)
     mb = cfg.train.micro_batch
     with tempfile.TemporaryDirectory() as tmp:
         root = write_dataset(Path(tmp) / "data", mb * (steps + 1))
@@ -213,10 +220,17 @@ def run(rep: Report, quick: bool, repeats: int) -> None:
         rows.append((c, 1e3 * a, 100 * a / med[False][TOTAL], 1e3 * b, 100 * b / med[True][TOTAL]))
     rep.table(("component", "ms (no cache)", "%", "ms (cache)", "%"), rows)
     for c, a, pa, b, pb in rows:
-        rep.emit(component=c, ms_no_cache=a, pct_no_cache=pa, ms_cache=b, pct_cache=pb)
+        rep.emit(component=c, preset=cfg.model.name, ms_no_cache=a, pct_no_cache=pa, ms_cache=b, pct_cache=pb)
     sps = {k: mb / med[k][TOTAL] for k in (False, True)}
-    rep.say(f"samples/s: {sps[False]:.3f} without cache, {sps[True]:.3f} with cache "
+    rep.say(f"{cfg.model.name}: samples/s {sps[False]:.3f} without cache, {sps[True]:.3f} with cache "
             f"({sps[True] / sps[False]:.2f}x)")
+    return {"cfg": cfg, "med": med, "sps": sps, "mb": mb}
+
+
+def run(rep: Report, quick: bool, repeats: int) -> None:
+    steps = max(2, repeats)
+    res = {family: measure(rep, quick, steps, extra) for family, extra in families(quick).items()}
+    cfg, med, sps, mb = (res["llava"][k] for k in ("cfg", "med", "sps", "mb"))
     rv = {k: 100 * med[k][RVLS2M] / med[k][TOTAL] for k in (False, True)}
     rep.target("rvls2m<2%", max(rv.values()) < 2, f"RVLS2M takes {rv[True]:.2f}% of a cached step and "
                f"{rv[False]:.2f}% of an uncached step ({1e3 * med[True][RVLS2M]:.2f} ms; target < 2%)")
@@ -225,7 +239,11 @@ def run(rep: Report, quick: bool, repeats: int) -> None:
     rep.target("cache_removes_encoder", removed, f"the encoder's {enc_share:.1f}% share "
                f"({1e3 * med[False][ENC]:.0f} ms) becomes a {1e3 * med[True][CACHE]:.1f} ms cache read "
                f"({100 * med[True][CACHE] / med[True][TOTAL]:.1f}% of a cached step)")
+    qwen = res["qwen2_5_vl"]
     rep.headline("cache_speedup", sps[True] / sps[False], samples_per_s_no_cache=sps[False],
                  samples_per_s_cache=sps[True], rvls2m_pct_cache=rv[True], rvls2m_pct_no_cache=rv[False],
                  encoder_pct_no_cache=enc_share, step_ms_no_cache=1e3 * med[False][TOTAL],
-                 step_ms_cache=1e3 * med[True][TOTAL], preset=cfg.model.name, micro_batch=mb, quick=quick)
+                 step_ms_cache=1e3 * med[True][TOTAL], preset=cfg.model.name, micro_batch=mb, quick=quick,
+                 preset_qwen2_5_vl=qwen["cfg"].model.name, samples_per_s_cache_qwen2_5_vl=qwen["sps"][True],
+                 samples_per_s_no_cache_qwen2_5_vl=qwen["sps"][False],
+                 step_ms_cache_qwen2_5_vl=1e3 * qwen["med"][True][TOTAL])
