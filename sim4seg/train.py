@@ -32,13 +32,7 @@ def run(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    deps.require(deps.TRAIN, "training")  # before the imports that need them
-    import hydra
-
-    from sim4seg.runtime import strip_launcher_args, user_errors
-
-    strip_launcher_args()
-    hydra.main(version_base=None, config_path="pkg://sim4seg.configs", config_name="train")(user_errors(run))()
+    deps.launch("train", run, deps.TRAIN, "training")
 
 
 if __name__ == "__main__":

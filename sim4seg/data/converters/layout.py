@@ -21,30 +21,9 @@ def normalise_label(subset: Subset, name: str) -> str | None:
     return subset.synonyms.get(key)
 
 
-def find_dir(root: Path, *names: str, depth: int = 2) -> Path | None:
-    """A folder named one of ``names`` (case-insensitive) in ``root`` or up to ``depth`` levels below it.
-
-    Archives often unpack into an extra top folder, and names differ in case ("Ground truth"/"Ground Truth").
-    """
-    wanted = {n.lower() for n in names}
-    level = [root]
-    for _ in range(depth + 1):
-        nxt = []
-        for d in level:
-            try:
-                subs = sorted(p for p in d.iterdir() if p.is_dir())
-            except OSError:
-                continue
-            for p in subs:
-                if p.name.lower() in wanted:
-                    return p
-            nxt.extend(subs)
-        level = nxt
-    return None
-
-
-def find_file(root: Path, *names: str, depth: int = 2) -> Path | None:
-    """A file named one of ``names`` (case-insensitive) in ``root`` or up to ``depth`` folder levels below."""
+def _find(root: Path, names: tuple[str, ...], depth: int, want_dir: bool) -> Path | None:
+    """Breadth-first: the first folder (``want_dir``) or file named one of ``names`` (case-insensitive) in
+    ``root`` or up to ``depth`` folder levels below it, in sorted order per level."""
     wanted = {n.lower() for n in names}
     level = [root]
     for _ in range(depth + 1):
@@ -55,12 +34,24 @@ def find_file(root: Path, *names: str, depth: int = 2) -> Path | None:
             except OSError:
                 continue
             for p in entries:
-                if p.is_file() and p.name.lower() in wanted:
+                if p.name.lower() in wanted and (p.is_dir() if want_dir else p.is_file()):
                     return p
-                if p.is_dir():
-                    nxt.append(p)
+            nxt.extend(p for p in entries if p.is_dir())
         level = nxt
     return None
+
+
+def find_dir(root: Path, *names: str, depth: int = 2) -> Path | None:
+    """A folder named one of ``names`` (case-insensitive) in ``root`` or up to ``depth`` levels below it.
+
+    Archives often unpack into an extra top folder, and names differ in case ("Ground truth"/"Ground Truth").
+    """
+    return _find(root, names, depth, want_dir=True)
+
+
+def find_file(root: Path, *names: str, depth: int = 2) -> Path | None:
+    """A file named one of ``names`` (case-insensitive) in ``root`` or up to ``depth`` folder levels below."""
+    return _find(root, names, depth, want_dir=False)
 
 
 def list_images(folder: Path) -> dict[str, Path]:
