@@ -10,7 +10,7 @@ start=$(date +%s)
 # overrides (e.g. "loss.region=1.0").
 name=${DEMO_NAME:-demo}; data=${DEMO_DATA:-data/synthetic}
 [ -f "$data/records.jsonl" ] || sim4seg data synth --out "$data" --n 80 --seed 0 ${DEMO_SYNTH:-}
-if [ ! -f "runs/$name/trainable.safetensors" ]; then
+if [ ! -f "runs/$name/finished.json" ]; then  # written last: the run is complete
   resume=false; [ -f "runs/$name/checkpoints/latest" ] && resume=true
   python -m sim4seg.train experiment=demo data.root="$data" train.output_dir="runs/$name" train.resume=$resume \
     ${DEMO_TRAIN:-}
