@@ -27,6 +27,18 @@ REPO = Path(__file__).resolve().parents[1]
 DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
+# A few quiet steps of the tiny preset: the overrides every quick training fixture shares.
+QUICK_TRAIN = ("model=tiny", "train.micro_batch=2", "train.grad_accum=1", "train.warmup_steps=1", "train.eval_every=0",
+               "train.save_every=0", "train.progress=false", "wandb.mode=disabled")
+
+
+def compose_cfg(name: str, overrides: list[str]):
+    """``train`` or ``eval`` composed as the entry points compose it (sim4seg.config)."""
+    from sim4seg.config import compose
+
+    return compose(name, overrides)
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a subprocess: this one without the rendezvous variables, plus ``extra``."""
     return {k: v for k, v in os.environ.items() if k not in DIST_VARS} | extra

@@ -326,14 +326,18 @@ def test_bfd_polygons_and_class_names(tmp_path: Path) -> None:
         assert iou > 0.9, (stem, iou)
 
 
-def test_chestx_det_findings_only(tmp_path: Path, capsys) -> None:
+def _chestx_det_jsons(tmp_path: Path) -> tuple[Path, list[dict], list[dict]]:
+    """A ChestX-Det folder holding the real sample's two label files (no images), and their parsed entries."""
     src = real("chestx_det")
     root = tmp_path / "native"
     root.mkdir()
     for f in ("ChestX_Det_train.json", "ChestX_Det_test.json"):
         shutil.copy(src / f, root / f)
-    train = json.loads((src / "ChestX_Det_train.json").read_text())
-    test = json.loads((src / "ChestX_Det_test.json").read_text())
+    return root, *(json.loads((src / f).read_text()) for f in ("ChestX_Det_train.json", "ChestX_Det_test.json"))
+
+
+def test_chestx_det_findings_only(tmp_path: Path, capsys) -> None:
+    root, train, test = _chestx_det_jsons(tmp_path)
     with_findings = [r for r in train if len(set(r["syms"])) > 1][:3] + [r for r in test if r["syms"]][:2]
     without = [r for r in train if not r["syms"]][:2]
     for r in with_findings + without:  # blank images of the official size (ChestX-Det ships no images here)
@@ -362,13 +366,7 @@ def test_chestx_det_findings_only(tmp_path: Path, capsys) -> None:
 
 
 def test_chestx_det_negatives_and_per_finding_targets(tmp_path: Path) -> None:
-    src = real("chestx_det")
-    root = tmp_path / "native"
-    root.mkdir()
-    for f in ("ChestX_Det_train.json", "ChestX_Det_test.json"):
-        shutil.copy(src / f, root / f)
-    train = json.loads((src / "ChestX_Det_train.json").read_text())
-    test = json.loads((src / "ChestX_Det_test.json").read_text())
+    root, train, test = _chestx_det_jsons(tmp_path)
     several = next(r for r in train if len(set(r["syms"])) > 2)
     neg_train, neg_test = [r for r in train if not r["syms"]][:2], [r for r in test if not r["syms"]][:2]
     for i, r in enumerate([several, *neg_train, *neg_test]):  # blank images, each its own grey

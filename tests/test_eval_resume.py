@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import QUICK_TRAIN, compose_cfg
 from PIL import Image
 
 from sim4seg.data.synthetic import write_synthetic
@@ -20,14 +19,7 @@ from sim4seg.evaluation import evaluate
 from sim4seg.jsonl import append_jsonl, atomic_write_json, read_jsonl
 from sim4seg.training import train
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "sim4seg" / "configs")
-TRAIN = ["model=tiny", "train.micro_batch=2", "train.grad_accum=1", "train.warmup_steps=1", "train.eval_every=0",
-         "train.save_every=0", "train.progress=false", "wandb.mode=disabled", "data.answer_format=diagnosis"]
-
-
-def compose_cfg(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
-        return compose(name, overrides=overrides)
+TRAIN = [*QUICK_TRAIN, "data.answer_format=diagnosis"]
 
 
 @pytest.fixture(scope="module")

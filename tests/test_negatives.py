@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import QUICK_TRAIN, compose_cfg
 
 from sim4seg.data.prompts import answer_for
 from sim4seg.data.schema import NORMAL
@@ -21,7 +21,6 @@ from sim4seg.metrics import (
     vote_gives_mask,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "sim4seg" / "configs"
 COT = "Firstly, the modality of this image is x-ray. Secondly, the image analysis shows no abnormality. " \
       "Finally, the diagnosis is normal."
 
@@ -105,32 +104,22 @@ def test_vote_majority_ties_give_the_mask(paths: list[bool], out: bool) -> None:
 
 @pytest.fixture(scope="module")
 def clinical_run(tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-
     from sim4seg.data.synthetic import write_synthetic
     from sim4seg.training import train
 
     base = tmp_path_factory.mktemp("clinical")
     data = write_synthetic(base / "data", n=36, seed=3, progress=False, negatives=0.25, multi_target=0.25)
     run = base / "run"
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose("train", ["model=tiny", f"data.root={data}", f"train.output_dir={run}", "train.max_steps=2",
-                                "train.micro_batch=2", "train.grad_accum=1", "train.warmup_steps=1",
-                                "train.eval_every=0", "train.save_every=0", "train.progress=false",
-                                "wandb.mode=disabled", "data.answer_format=diagnosis"])
-    train(cfg)
+    train(compose_cfg("train", [*QUICK_TRAIN, f"data.root={data}", f"train.output_dir={run}", "train.max_steps=2",
+                                "data.answer_format=diagnosis"]))
     return data, run
 
 
 def _evaluate(data, run, out, *extra):
-    from hydra import compose, initialize_config_dir
-
     from sim4seg.evaluation import evaluate
 
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose("eval", [f"ckpt={run}", f"data.root={data}", f"out={out}", "max_new_tokens=8", "progress=false",
-                               "batch_size=3", "overlays_per_subset=1", *extra])
-    return evaluate(cfg)
+    return evaluate(compose_cfg("eval", [f"ckpt={run}", f"data.root={data}", f"out={out}", "max_new_tokens=8",
+                                         "progress=false", "batch_size=3", "overlays_per_subset=1", *extra]))
 
 
 def test_dataset_gives_no_target_to_negatives_and_one_per_target(clinical_run, tiny) -> None:

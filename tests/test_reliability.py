@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_cfg
 from PIL import Image
 
 from sim4seg.data.check import check_dataset
@@ -27,11 +27,6 @@ from sim4seg.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_PIXELS = 30_000  # synthetic images are at most 160 x 160 = 25,600 pixels
-
-
-def cfg(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "sim4seg" / "configs"), version_base=None):
-        return compose(name, overrides=overrides)
 
 
 def read(root: Path) -> list[dict]:
@@ -222,7 +217,7 @@ def test_training_skips_and_counts_bad_records(all_bad, tmp_path):
     root, expect = all_bad
     bad_train = sum(1 for r in read_lines(root) if r and r.get("split") == "train" and r["id"] in expect)
     out = tmp_path / "run"
-    final = train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={out}", "train.epochs=1",
+    final = train(compose_cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={out}", "train.epochs=1",
                                 "train.max_steps=100", "data.max_skip_fraction=1"]))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert final["skipped"] == bad_train  # files that fail to load, counted as they come
@@ -250,7 +245,7 @@ def test_training_with_raise_stops_before_the_first_step(all_bad, tmp_path):
     root, _ = all_bad
     out = tmp_path / "run"
     with pytest.raises(UserError) as e:
-        train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={out}", "data.on_error=raise",
+        train(compose_cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={out}", "data.on_error=raise",
                             "train.max_steps=2"]))
     assert "records.jsonl" in str(e.value) or "record" in str(e.value)
     assert not (out / "metrics.jsonl").exists()
@@ -289,7 +284,7 @@ def test_records_without_cot_stop_before_the_first_step(clean, tmp_path):
     write(root, [{**r, "cot": None} for r in read(root)])
     out = tmp_path / "run"
     with pytest.raises(UserError) as e:
-        train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={out}", "data.answer_format=cot"]))
+        train(compose_cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={out}", "data.answer_format=cot"]))
     assert "have no CoT" in str(e.value) and "sim4seg data cot" in str(e.value)
     assert "data.answer_format=diagnosis" in str(e.value)
     assert not (out / "metrics.jsonl").exists() and not (out / "finished.json").exists()
@@ -304,9 +299,9 @@ def test_too_many_unusable_samples_stop_the_run(clean, tmp_path):
     # stops as soon as the epoch's limit is certainly passed (2 > 0.05 x 25), not at the epoch's end
     with pytest.raises(UserError, match=r"\d of \d+ training samples of epoch 0 could not be used, more than "
                                         r"data.max_skip_fraction=0.05"):
-        train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={out}", "train.epochs=1"]))
+        train(compose_cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={out}", "train.epochs=1"]))
     assert not (out / "finished.json").exists()
-    final = train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={tmp_path / 'ok'}", "train.epochs=1",
+    final = train(compose_cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={tmp_path / 'ok'}", "train.epochs=1",
                                 "data.max_skip_fraction=0.2"]))
     assert final["skipped"] == 3
     assert json.loads((tmp_path / "ok" / "finished.json").read_text())["steps_done"] == final["step"] > 0
@@ -318,7 +313,7 @@ def test_a_plan_without_optimizer_steps_is_refused(clean, tmp_path):
 
     out = tmp_path / "run"
     with pytest.raises(UserError, match="no optimizer step"):
-        train(cfg("train", [*TRAIN, f"data.root={clean}", f"train.output_dir={out}", "train.epochs=1",
+        train(compose_cfg("train", [*TRAIN, f"data.root={clean}", f"train.output_dir={out}", "train.epochs=1",
                             "train.grad_accum=1000"]))
     assert not (out / "finished.json").exists() and not (out / "trainable.safetensors").exists()
 
@@ -329,10 +324,10 @@ def test_eval_reports_error_rows_and_leaves_them_out(all_bad, tmp_path):
 
     root, expect = all_bad
     run = tmp_path / "run"
-    train(cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={run}", "train.max_steps=1",
+    train(compose_cfg("train", [*TRAIN, f"data.root={root}", f"train.output_dir={run}", "train.max_steps=1",
                         "data.max_skip_fraction=1"]))
     out = tmp_path / "ev"
-    res = evaluate(cfg("eval", [f"ckpt={run}", f"data.root={root}", f"out={out}", "mode=teacher",
+    res = evaluate(compose_cfg("eval", [f"ckpt={run}", f"data.root={root}", f"out={out}", "mode=teacher",
                                 "progress=false", f"data.max_pixels={MAX_PIXELS}"]))
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     errors = [r for r in rows if "error" in r]
@@ -392,7 +387,7 @@ def test_kill_during_eval_then_rerun_gives_identical_metrics(clean, tmp_path):
     from sim4seg.training import train
 
     run = tmp_path / "run"
-    train(cfg("train", [*TRAIN, f"data.root={clean}", f"train.output_dir={run}", "train.max_steps=1"]))
+    train(compose_cfg("train", [*TRAIN, f"data.root={clean}", f"train.output_dir={run}", "train.max_steps=1"]))
     base = [sys.executable, "-m", "sim4seg.eval", f"ckpt={run}", f"data.root={clean}", "mode=teacher",
             "batch_size=1", "progress=false", "split=train"]
     full = tmp_path / "full"

@@ -4,11 +4,10 @@ answer; every draw is seeded per sample, so TTS rows do not depend on batch_size
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import QUICK_TRAIN, compose_cfg
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from sim4seg.data.synthetic import write_synthetic
@@ -16,13 +15,6 @@ from sim4seg.evaluation import evaluate
 from sim4seg.evaluation.tts import select_mask
 from sim4seg.model.sim4seg import Sim4Seg
 from sim4seg.training import train
-
-CONFIGS = str(Path(__file__).resolve().parents[1] / "sim4seg" / "configs")
-
-
-def compose_cfg(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
-        return compose(name, overrides=overrides)
 
 
 def square(y: int, x: int, side: int = 4, size: int = 16) -> torch.Tensor:
@@ -72,10 +64,8 @@ def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("tts")
     data = write_synthetic(base / "data", n=30, seed=5, progress=False)
     run = base / "run"
-    train(compose_cfg("train", ["model=tiny", f"data.root={data}", f"train.output_dir={run}", "train.max_steps=1",
-                                "train.micro_batch=2", "train.grad_accum=1", "train.warmup_steps=1",
-                                "train.eval_every=0", "train.save_every=0", "train.progress=false",
-                                "wandb.mode=disabled", "data.answer_format=diagnosis"]))
+    train(compose_cfg("train", [*QUICK_TRAIN, f"data.root={data}", f"train.output_dir={run}", "train.max_steps=1",
+                                "data.answer_format=diagnosis"]))
     return data, run
 
 
